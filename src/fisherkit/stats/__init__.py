@@ -1,0 +1,1 @@
+"""Classical statistics of Fisher information (no neural code)."""
