@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
+
+try:  # typer < 0.20 uses click; newer typer vendors it and exposes TyperException
+    from click.exceptions import ClickException as _CliUsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from typer.exceptions import TyperException as _CliUsageError
 
 from ._version import __version__
 from .errors import FisherkitError
@@ -51,14 +55,15 @@ for _name in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = command.main(args=argv, prog_name="fisherkit", standalone_mode=False)
-    except click.exceptions.Exit as e:
+        rv = command.main(args=args or ["--help"], prog_name="fisherkit", standalone_mode=False)
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("error: aborted", err=True)
         return 1
-    except click.ClickException as e:  # bad option, missing argument, unknown command
+    except _CliUsageError as e:  # bad option, missing argument, unknown command
         typer.echo(f"error: {e.format_message()}", err=True)
         return 2
     except FisherkitError as e:
