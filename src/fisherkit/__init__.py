@@ -5,7 +5,13 @@ subpackages ``stats``, ``optim``, ``continual``, ``active``.
 """
 
 from ._version import __version__
+from .api import fisher, fvp, kl_divergence, load
 from .errors import FisherkitError
+from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from .curvature import Curvature
 from . import stats
 
-__all__ = ["__version__", "FisherkitError", "stats"]
+__all__ = [
+    "__version__", "FisherkitError", "fisher", "fvp", "kl_divergence", "load", "Likelihood", "Categorical",
+    "Gaussian", "Bernoulli", "Curvature", "stats",
+]

@@ -1,0 +1,297 @@
+"""``fisher(...)``, ``fvp(...)`` and ``kl_divergence(...)``: the public entry points of the core.
+
+F = (1/N) Σₙ E_{y~p(y|xₙ,θ)}[∇θ log p(y|xₙ,θ) ∇θ log p(y|xₙ,θ)ᵀ] = (1/N) Σₙ Jₙᵀ Λₙ Jₙ, with Jₙ the
+Jacobian of the model output and Λₙ the Fisher of the likelihood in output space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .curvature import STRUCTURES
+from .curvature.base import DENSE_LIMIT
+from .curvature.blocks import DENSE_BLOCK_LIMIT, DenseBlock, DiagBlock, EKronBlock, KronBlock
+from .curvature.implicit import Implicit
+from .curvature.linalg import safe_eigh
+from .curvature.lowrank import LowRank
+from .distributed import all_reduce_sums
+from .engine import accumulate as acc
+from .engine.collect import check_batchnorm, gather, warn_fallback
+from .engine.data import iterate_batches, model_device_dtype
+from .engine.directions import check_kind, directions
+from .engine.functional import jvp_vjp, output_with_params
+from .engine.units import make_plan, select_params
+from .errors import FisherkitError
+from .likelihoods import Likelihood, get_likelihood
+
+
+def _module_groups(names: list[str]) -> list[list[str]]:
+    """Group parameter names by owning module (prefix before the last dot), keeping order."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.rsplit(".", 1)[0] if "." in n else "", []).append(n)
+    return list(groups.values())
+
+
+def _seeded_generator(generator, device):
+    if generator is not None:
+        return generator
+    g = torch.Generator(device=device)
+    g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    return g
+
+
+def fisher(
+    model: torch.nn.Module,
+    data,
+    likelihood: str | Likelihood = "categorical",
+    kind: str = "exact",
+    structure: str = "diag",
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    params=None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    rank: int = 20,
+    max_memory: float = 2**30,
+    allow_batchnorm_train: bool = False,
+    process_group=None,
+):
+    """Fisher information matrix of ``model`` over ``data``, in the requested structure.
+
+    F = (1/N) Σₙ Σ_d gₙ,d gₙ,dᵀ with gₙ,d = Jₙᵀ vₙ,d for output directions v: the columns of
+    the output-Fisher square root (``kind="exact"``), scaled residuals at ``mc_samples`` sampled
+    labels (``"mc"``), or the residual at the observed label (``"empirical"``, biased: it is the
+    uncentred gradient covariance, not the curvature — Kunstner et al. 2019).
+
+    Args:
+        data: a DataLoader, an ``(X, y)`` pair (split into ``batch_size`` rows) or an iterable
+            of ``(X, y)`` batches. Labels are only needed for ``kind="empirical"``.
+        structure: ``"dense" | "diag" | "block" | "kfac" | "ekfac" | "lowrank" | "implicit"``.
+        rank: number of eigenpairs kept by ``"lowrank"``.
+        max_memory: bytes a single allocation may take (per-sample gradients are chunked to it).
+
+    Returns a ``Curvature``; e.g. ``fk.fisher(net, (X, y), structure="kfac").solve(g, 1e-3)``.
+    """
+    if structure not in STRUCTURES:
+        raise FisherkitError(f"unknown structure {structure!r}; use one of {list(STRUCTURES)}")
+    lik = get_likelihood(likelihood)
+    check_kind(kind, mc_samples)
+    check_batchnorm(model, allow_batchnorm_train)
+    chosen = select_params(model, params)
+    plan = make_plan(model, chosen, use_hooks=structure != "implicit")
+    info = plan.info
+    device, dtype = model_device_dtype(model)
+    itemsize = torch.finfo(dtype).bits // 8
+    if structure == "dense":
+        need = info.size**2 * itemsize
+        if info.size > DENSE_LIMIT or need > max_memory:
+            raise FisherkitError(
+                f"a dense Fisher of {info.size} parameters needs {need / 2**30:.2f} GiB "
+                f"(limit: {DENSE_LIMIT} parameters, max_memory={max_memory / 2**30:.2f} GiB); "
+                "use structure='kfac', 'diag', 'lowrank' or 'implicit'"
+            )
+    gen = _seeded_generator(generator, device) if kind == "mc" else generator
+    common = dict(lik=lik, kind=kind, mc_samples=mc_samples, batch_size=batch_size, max_memory=max_memory)
+    meta = (kind, lik.to_config())
+
+    def run(description, need_func=True):
+        return gather(model, data, plan=plan, generator=gen, progress=progress, description=description,
+                      need_func=need_func, **common)
+
+    if structure == "implicit":
+        return _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
+
+    if structure == "diag":
+        sums, n = {}, 0
+        for bs in run("Fisher (diag)"):
+            for k, v in acc.diag_sums(bs).items():
+                sums[k] = sums[k] + v if k in sums else v
+            n += bs.n
+        sums, n = all_reduce_sums(sums, n, process_group)
+        vals = torch.cat([sums[k].reshape(-1) for k in info.names]) / n
+        return STRUCTURES["diag"](info, n, *meta, [DiagBlock(info.names, info.numels, vals)])
+
+    if structure in ("dense", "lowrank") and info.size <= DENSE_LIMIT and info.size**2 * itemsize <= max_memory:
+        gram, n = torch.zeros(info.size, info.size, dtype=dtype, device=device), 0
+        for bs in run(f"Fisher ({structure})"):
+            u = acc.persample_flat(bs, info)
+            gram.addmm_(u.T, u)
+            n += bs.n
+        sums, n = all_reduce_sums({"gram": gram}, n, process_group)
+        gram = sums["gram"] / n
+        if structure == "dense":
+            return STRUCTURES["dense"](info, n, *meta, [DenseBlock(info.names, info.numels, gram)])
+        vals, vecs = safe_eigh(gram)
+        k = min(rank, info.size)
+        return LowRank(info, n, *meta, vals.flip(0)[:k], vecs.flip(1)[:, :k])
+
+    if structure == "lowrank":  # too large for a dense Gram: Lanczos on the implicit operator
+        imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
+        vals, vecs = imp.eig(rank)
+        return LowRank(info, imp.num_samples, *meta, vals, vecs)
+
+    # block-structured: block, kfac, ekfac
+    kron_units = plan.hook_units if structure in ("kfac", "ekfac") else []
+    gram_groups = [u.names for u in plan.hook_units] if structure == "block" else []
+    gram_groups += _module_groups(plan.func_names)
+    big = [g for g in gram_groups if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
+    if structure in ("kfac", "ekfac"):
+        warn_fallback(plan, structure)
+    state = gen.get_state() if gen is not None else None
+    sums, n = {}, 0
+
+    def add(key, val):
+        sums[key] = sums[key] + val if key in sums else val
+
+    for bs in run(f"Fisher ({structure})"):
+        n += bs.n
+        for u, a, g in bs.hook:
+            if u in kron_units:
+                A, G = acc.kfac_sums(a, g)
+                add(f"A:{u.weight}", A)
+                add(f"G:{u.weight}", G)
+        for grp in gram_groups:
+            if grp in big:
+                d = acc.diag_sums(bs)
+                for x in grp:
+                    add(f"d:{x}", d[x].reshape(-1))
+            else:
+                u = acc.persample_flat(bs, info, grp)
+                add("g:" + grp[0], u.T @ u)
+    sums, n = all_reduce_sums(sums, n, process_group)
+    blocks = []
+    for grp in gram_groups:
+        numels = [info.numels[info.index(x)] for x in grp]
+        if grp in big:
+            blocks.append(DiagBlock(grp, numels, torch.cat([sums[f"d:{x}"] for x in grp]) / n))
+        else:
+            blocks.append(DenseBlock(grp, numels, sums["g:" + grp[0]] / n))
+    kron = {}
+    for u in kron_units:
+        numels = [info.numels[info.index(x)] for x in u.names]
+        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), sums[f"A:{u.weight}"] / n, sums[f"G:{u.weight}"] / n)
+        kron[u.weight] = kb
+    if structure == "ekfac" and kron_units:
+        if gen is not None:
+            gen.set_state(state)
+        bases = {w: (kb.eig_factors()[0][1], kb.eig_factors()[1][1]) for w, kb in kron.items()}
+        ssum, n2 = {}, 0
+        for bs in run("Fisher (ekfac, refit)", need_func=False):
+            n2 += bs.n
+            for u, a, g in bs.hook:
+                if u.weight in bases:
+                    s = acc.ekfac_sums(a, g, *bases[u.weight])
+                    ssum[u.weight] = ssum[u.weight] + s if u.weight in ssum else s
+        ssum, n2 = all_reduce_sums(ssum, n2, process_group)
+        for w, kb in list(kron.items()):
+            qa, qg = bases[w]
+            kron[w] = EKronBlock(kb.names, kb.numels, kb.out_features, kb.has_bias, qa, qg, ssum[w] / n2)
+    ordered = []
+    for x in info.names:  # blocks in parameter order
+        for b in list(kron.values()) + blocks:
+            if b.names[0] == x:
+                ordered.append(b)
+    return STRUCTURES[structure](info, n, *meta, ordered)
+
+
+def _weight_fn(lik, kind, y, mc_samples, gen):
+    def weight(f, u):
+        if kind == "exact":
+            s = lik.sqrt_fisher(f)
+            return (s @ (s.transpose(-1, -2) @ u.unsqueeze(-1))).squeeze(-1)
+        v = directions(lik, f, y, kind, mc_samples, gen)
+        dims = tuple(range(2, v.dim()))
+        return (v * (v * u.unsqueeze(0)).sum(dim=dims, keepdim=True)).sum(0)
+
+    return weight
+
+
+def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size, process_group=None):
+    device, dtype = model_device_dtype(model)
+    gen = None
+    if kind == "mc":
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+    v = dict(zip(info.names, (t.reshape(s) for t, s in zip(torch.split(v_flat, info.numels), info.shapes))))
+    total, n = None, 0
+    for i, x, y in iterate_batches(data, batch_size, device, dtype):
+        if kind == "empirical" and y is None:
+            raise FisherkitError(f"kind='empirical' needs labels, but batch {i} has none")
+        _, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen))
+        flat = torch.cat([g[k].reshape(-1) for k in info.names])
+        total = flat if total is None else total + flat
+        n += x.shape[0]
+    sums, n = all_reduce_sums({"fv": total}, n, process_group)
+    return sums["fv"] / n, n
+
+
+def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None):
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()) if gen is not None else 0
+    n = sum(x.shape[0] for _, x, _ in iterate_batches(data, batch_size, device, dtype))
+
+    def product(v):
+        return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
+
+    if process_group is not None or torch.distributed.is_available() and torch.distributed.is_initialized():
+        n = all_reduce_sums({}, n, process_group)[1]
+    return Implicit(info, n, kind, lik.to_config(), product, dtype, device)
+
+
+def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, generator=None, params=None,
+        batch_size=None, process_group=None) -> torch.Tensor:
+    """Matrix-free Fisher-vector product F v = (1/N) Σₙ Jₙᵀ Λₙ (Jₙ v) (a JVP, then a VJP, per batch).
+
+    ``v`` is a flat vector over the chosen parameters (or a dict name → tensor).
+    """
+    lik = get_likelihood(likelihood)
+    check_kind(kind, mc_samples)
+    info = make_plan(model, select_params(model, params), use_hooks=False).info
+    device, _ = model_device_dtype(model)
+    if isinstance(v, dict):
+        v = torch.cat([v[n].reshape(-1) for n in info.names])
+    if v.dim() != 1 or v.shape[0] != info.size:
+        raise FisherkitError(f"v must be a flat vector of {info.size} entries; got shape {tuple(v.shape)}")
+    seed = 0
+    if kind == "mc":
+        g = _seeded_generator(generator, device)
+        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
+    return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
+
+
+def kl_divergence(model, theta_a, theta_b, data, likelihood="categorical", params=None, batch_size=None) -> torch.Tensor:
+    """Mean over the data of KL[p(y|x, θa) ‖ p(y|x, θb)]; for θb = θa + d it is ≈ ½ dᵀ F d.
+
+    ``theta_a`` / ``theta_b`` are flat vectors over the chosen parameters, or dicts name → tensor.
+    """
+    lik = get_likelihood(likelihood)
+    info = make_plan(model, select_params(model, params), use_hooks=False).info
+    device, dtype = model_device_dtype(model)
+
+    def as_dict(theta):
+        if isinstance(theta, dict):
+            return theta
+        if theta.dim() != 1 or theta.shape[0] != info.size:
+            raise FisherkitError(f"theta must be a flat vector of {info.size} entries; got shape {tuple(theta.shape)}")
+        return {k: t.reshape(s) for k, t, s in zip(info.names, torch.split(theta, info.numels), info.shapes)}
+
+    ta, tb = as_dict(theta_a), as_dict(theta_b)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for _, x, _ in iterate_batches(data, batch_size, device, dtype):
+            fa, fb = output_with_params(model, ta, x), output_with_params(model, tb, x)
+            total = total + lik.kl(fa, fb).sum()
+            n += x.shape[0]
+    return total / n
+
+
+def load(path, model=None, map_location=None):
+    """Load a Fisher written by ``F.save(path)`` (see ``fisherkit.curvature.io.load``)."""
+    from .curvature.io import load as _load
+
+    return _load(path, model=model, map_location=map_location)
+
+
+__all__ = ["fisher", "fvp", "kl_divergence", "load"]

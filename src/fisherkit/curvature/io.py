@@ -1,0 +1,136 @@
+"""Saving and loading Fishers: safetensors (no pickle) + versioned JSON metadata, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..errors import FisherkitError
+from ..engine.units import ParamInfo
+from .blocks import DenseBlock, DiagBlock, EKronBlock, KronBlock, SumBlock
+
+FORMAT_VERSION = 1
+_BLOCKS = {"dense": DenseBlock, "diag": DiagBlock, "kron": KronBlock, "ekron": EKronBlock}
+
+
+def atomic_write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> None:
+    """Write a safetensors file via a temp file in the same folder, fsync, then rename over ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read all tensors and the metadata of a safetensors file; a clear error for a bad file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FisherkitError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for truncated / corrupt headers
+        raise FisherkitError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    return tensors, meta
+
+
+def _block_state(prefix: str, b, tensors: dict, descs: list) -> None:
+    if isinstance(b, SumBlock):
+        sub = []
+        for j, t in enumerate(b.terms):
+            _block_state(f"{prefix}.t{j}", t, tensors, sub)
+        descs.append({"kind": "sum", "terms": sub})
+        return
+    ts, extra = b.state()
+    for k, v in ts.items():
+        tensors[f"{prefix}.{k}"] = v
+    descs.append({"kind": b.kind, "names": b.names, "numels": b.numels, "prefix": prefix, "extra": extra})
+
+
+def save(curv, path) -> None:
+    meta = curv.metadata()
+    tensors: dict[str, torch.Tensor] = {}
+    if curv.structure == "lowrank":
+        tensors = {"values": curv.values, "vectors": curv.vectors}
+    else:
+        descs: list = []
+        for i, b in enumerate(curv.blocks):
+            _block_state(f"b{i}", b, tensors, descs)
+        meta["blocks"] = descs
+    header = {"format": "fisherkit.curvature", "format_version": str(FORMAT_VERSION),
+              "fisherkit_version": __version__, "meta": json.dumps(meta)}
+    atomic_write_safetensors(tensors, header, path)
+
+
+def _make_block(desc, tensors):
+    if desc["kind"] == "sum":
+        return SumBlock([_make_block(d, tensors) for d in desc["terms"]])
+    cls = _BLOCKS[desc["kind"]]
+    fields = {"dense": ["matrix"], "diag": ["values"], "kron": ["A", "G"], "ekron": ["QA", "QG", "S"]}[desc["kind"]]
+    args = [tensors[f"{desc['prefix']}.{f}"] for f in fields]
+    if desc["kind"] in ("kron", "ekron"):
+        return cls(desc["names"], desc["numels"], desc["extra"]["out_features"], desc["extra"]["has_bias"], *args)
+    return cls(desc["names"], desc["numels"], *args)
+
+
+def check_against_model(names: list[str], shapes: list[tuple], model: torch.nn.Module, what: str) -> None:
+    """Raise listing every difference between saved parameter names/shapes and the model's."""
+    have = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    problems = []
+    for n, s in zip(names, shapes):
+        if n not in have:
+            problems.append(f"{n} is not in the model")
+        elif tuple(s) != have[n]:
+            problems.append(f"{n} has shape {tuple(s)} in the file but {have[n]} in the model")
+    if problems:
+        raise FisherkitError(f"{what} does not match this model: " + "; ".join(problems[:10]))
+
+
+def load(path, model: torch.nn.Module | None = None, map_location=None):
+    """Load a Fisher saved by ``F.save(path)``.
+
+    With ``model``, the file's parameter names and shapes must match it (else an error lists the
+    differences) and tensors land on the model's device and dtype; ``map_location`` overrides the
+    device.
+    """
+    from . import STRUCTURES
+
+    tensors, header = read_safetensors(path)
+    if header.get("format") != "fisherkit.curvature":
+        raise FisherkitError(f"{path} is not a fisherkit Fisher file (format={header.get('format')!r})")
+    if int(header.get("format_version", "0")) > FORMAT_VERSION:
+        raise FisherkitError(f"{path} was written by a newer fisherkit (format {header['format_version']})")
+    meta = json.loads(header["meta"])
+    shapes = [tuple(s) for s in meta["shapes"]]
+    device, dtype = map_location, None
+    if model is not None:
+        check_against_model(meta["names"], shapes, model, f"the Fisher in {path}")
+        p0 = next(model.parameters())
+        device = device or p0.device
+        dtype = p0.dtype
+    tensors = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in tensors.items()}
+    info = ParamInfo(list(meta["names"]), shapes)
+    cls = STRUCTURES[meta["structure"]]
+    args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
+    if meta["structure"] == "lowrank":
+        return cls(*args, tensors["values"], tensors["vectors"])
+    return cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])

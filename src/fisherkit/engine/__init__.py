@@ -1,0 +1,1 @@
+"""Turns (model, data, likelihood, kind) into per-layer statistics."""

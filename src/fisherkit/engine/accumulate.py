@@ -1,0 +1,81 @@
+"""Sums over a batch of the statistics each curvature structure needs.
+
+All functions take a ``BatchStats`` and return *sums* over its samples and directions; the caller
+divides by the number of samples N at the end (F is the mean over the data).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .collect import BatchStats
+from .units import HookUnit, ParamInfo
+
+
+def hook_persample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample combined gradients [D, B, O, I] = Σ_t g_t ã_tᵀ (shared positions summed first)."""
+    if a.shape[1] == 1:
+        return g[:, :, 0, :, None] * a[None, :, 0, None, :]
+    return torch.einsum("dbto,bti->dboi", g, a)
+
+
+def split_unit(u: HookUnit, m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a combined ``[..., O, I]`` tensor into the unit's weight ``[..., *w]`` and bias ``[..., O]``."""
+    lead = m.shape[:-2]
+    if u.bias:
+        return {u.weight: m[..., :-1].reshape(*lead, *u.weight_shape), u.bias: m[..., -1]}
+    return {u.weight: m.reshape(*lead, *u.weight_shape)}
+
+
+def combine_unit(u: HookUnit, tensors: dict[str, torch.Tensor], lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """Inverse of ``split_unit``: weight ``[..., *w]`` (and bias) → ``[..., O, I]``."""
+    w = tensors[u.weight].reshape(*lead, u.out_features, -1)
+    if u.bias:
+        return torch.cat([w, tensors[u.bias].reshape(*lead, u.out_features, 1)], dim=-1)
+    return w
+
+
+def diag_sums(bs: BatchStats) -> dict[str, torch.Tensor]:
+    """Σ_n Σ_d g² per parameter. For Linear layers without shared positions: (Σ_d g²)ᵀ(ã²), no per-sample tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for u, a, g in bs.hook:
+        if a.shape[1] == 1:
+            sq = torch.einsum("bo,bi->oi", (g[:, :, 0] ** 2).sum(0), a[:, 0] ** 2)
+        else:
+            sq = (hook_persample(a, g) ** 2).sum((0, 1))
+        out.update(split_unit(u, sq))
+    for n, g in bs.func.items():
+        out[n] = (g**2).sum((0, 1))
+    return out
+
+
+def persample_flat(bs: BatchStats, info: ParamInfo, names: list[str] | None = None) -> torch.Tensor:
+    """Per-sample gradients as a ``[D·B, P]`` matrix, columns in flat-vector order (of ``names``)."""
+    names = info.names if names is None else names
+    parts: dict[str, torch.Tensor] = {}
+    for u, a, g in bs.hook:
+        if any(n in names for n in u.names):
+            parts.update(split_unit(u, hook_persample(a, g)))
+    parts.update(bs.func)
+    cols = []
+    for n in names:
+        t = parts[n]
+        cols.append(t.reshape(t.shape[0] * t.shape[1], -1))
+    return torch.cat(cols, dim=1)
+
+
+def kfac_sums(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = Σ_n (1/T) Σ_t ã ãᵀ and G = Σ_n Σ_d Σ_t g gᵀ (KFAC-expand for shared positions)."""
+    t = a.shape[1]
+    a2 = a.reshape(-1, a.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    return a2.T @ a2 / t, g2.T @ g2
+
+
+def ekfac_sums(a: torch.Tensor, g: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor) -> torch.Tensor:
+    """Σ_n Σ_d (Q_Gᵀ Gₙ Q_A)² elementwise: the refitted diagonal of EKFAC in the Kronecker eigenbasis."""
+    ra = a @ qa
+    rg = g @ qg
+    if a.shape[1] == 1:
+        return torch.einsum("bo,bi->oi", (rg[:, :, 0] ** 2).sum(0), ra[:, 0] ** 2)
+    return (hook_persample(ra, rg) ** 2).sum((0, 1))

@@ -1,0 +1,127 @@
+"""The batch loop: forward once, backward along every output direction, hand out per-layer statistics.
+
+For each batch it yields a ``BatchStats``: per hook unit the layer inputs ã ``[B, T, I]`` and the
+output gradients g ``[D, B, T, O]`` (all D directions from one batched backward), and per torch.func
+parameter the per-sample gradients ``[D, B, *shape]``. ``engine.accumulate`` turns these into sums.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import FisherkitError, NonFiniteError
+from ..likelihoods import Likelihood
+from .data import iterate_batches, model_device_dtype
+from .directions import directions
+from .functional import persample_grads
+from .units import Capture, HookUnit, Plan, demote, unit_activations, unit_output_grads
+
+
+@dataclass
+class BatchStats:
+    index: int
+    n: int
+    hook: list[tuple[HookUnit, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    func: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check_batchnorm(model: nn.Module, allow_batchnorm_train: bool) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and not allow_batchnorm_train:
+            raise FisherkitError(
+                f"BatchNorm layer {name!r} is in training mode, where per-sample gradients are ill-defined "
+                "(each sample's output depends on the whole batch). Call model.eval() first, or pass "
+                "allow_batchnorm_train=True for the batch-level approximation."
+            )
+
+
+def _output_grads(out, zs, v):
+    if v.shape[0] == 1:
+        gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=False)
+        return [None if g is None else g.unsqueeze(0) for g in gs]
+    try:
+        return list(torch.autograd.grad(out, zs, grad_outputs=v, is_grads_batched=True, allow_unused=True))
+    except RuntimeError:  # an op without a batching rule: one backward per direction
+        cols = [torch.autograd.grad(out, zs, grad_outputs=vd, allow_unused=True, retain_graph=True) for vd in v]
+        return [None if cols[0][i] is None else torch.stack([c[i] for c in cols]) for i in range(len(zs))]
+
+
+def _progress(iterable, total, enabled, description):
+    if not enabled:
+        yield from iterable
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in iterable:
+            yield item
+            bar.advance(task)
+
+
+def gather(
+    model: nn.Module,
+    data,
+    lik: Likelihood,
+    kind: str,
+    plan: Plan,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    max_memory: float = 2**30,
+    progress: bool = False,
+    description: str = "Fisher",
+    need_func: bool = True,
+):
+    """Yield one ``BatchStats`` per non-empty batch of ``data``."""
+    device, dtype = model_device_dtype(model)
+    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
+    batches = iterate_batches(data, batch_size, device, dtype)
+    first = True
+    for i, x, y in _progress(batches, total, progress, description):
+        units = plan.hook_units
+        with Capture(units) as cap, torch.set_grad_enabled(bool(units)):
+            out = model(x)
+        if not isinstance(out, torch.Tensor):
+            raise FisherkitError(f"the model returned a {type(out).__name__}; fisherkit needs a tensor of outputs")
+        if first:
+            bad = cap.misfired()
+            if bad:
+                demote(plan, bad)
+                units = plan.hook_units
+            first = False
+        lik.check(out, y if kind == "empirical" else None, i)
+        v = directions(lik, out, y, kind, mc_samples, generator, i)
+        stats = BatchStats(i, x.shape[0])
+        if units:
+            idx = [cap.units.index(u) for u in units]
+            zs = [cap.outputs[j][0] for j in idx]
+            gzs = _output_grads(out, zs, v)
+            for u, j, gz in zip(units, idx, gzs):
+                a = unit_activations(u, cap.inputs[j][0])
+                if gz is None:
+                    gz = a.new_zeros((v.shape[0],) + tuple(zs[idx.index(j)].shape))
+                g = unit_output_grads(u, gz)
+                if not torch.isfinite(g).all():
+                    raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
+                stats.hook.append((u, a, g))
+        if plan.func_names and need_func:
+            grads = persample_grads(model, plan.func_names, x, v, max_memory)
+            for n, g in grads.items():
+                if not torch.isfinite(g).all():
+                    raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
+            stats.func = grads
+        yield stats
+
+
+def warn_fallback(plan: Plan, structure: str) -> None:
+    if plan.func_names:
+        warnings.warn(
+            f"{structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
+            "these parameters fall back to a dense block (small) or a diagonal (large)",
+            stacklevel=3,
+        )

@@ -1,0 +1,81 @@
+"""The torch.func path: per-sample gradients and Jacobian products for any nn.Module.
+
+``persample_grads`` computes Jₙᵀ V[d, n] for every sample n and direction d with
+``vmap(vjp)`` over ``functional_call`` (chunked over samples to a memory budget); the sum over
+shared positions (sequence tokens) happens inside the vjp, i.e. before any squaring.
+``jvp_vjp`` gives Jᵀ W J v for a batch without forming any per-sample gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, jvp, vjp, vmap
+
+
+def _state(model: torch.nn.Module):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    return params, buffers
+
+
+def persample_grads(
+    model: torch.nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    v: torch.Tensor,
+    max_memory: float = 2**30,
+) -> dict[str, torch.Tensor]:
+    """Per-sample, per-direction gradients of the parameters ``names``: name → ``[D, B, *shape]``.
+
+    ``v`` has shape ``[D, B, *out]``; the result for sample n, direction d is ∂(f(xₙ)·v[d, n])/∂θ.
+    """
+    params, buffers = _state(model)
+    train = {n: params[n] for n in names}
+    fixed = {n: p for n, p in params.items() if n not in train}
+
+    def f_single(p, xb):
+        out = functional_call(model, ({**fixed, **p}, buffers), (xb.unsqueeze(0),))
+        return out.squeeze(0)
+
+    def one_sample(xb, vb):
+        _, pullback = vjp(lambda p: f_single(p, xb), train)
+        return vmap(pullback)(vb)[0]
+
+    per = vmap(one_sample, in_dims=(0, 1), randomness="different")
+    d, b = v.shape[0], v.shape[1]
+    numel = sum(t.numel() for t in train.values())
+    itemsize = v.element_size()
+    chunk = max(1, int(max_memory // max(1, 4 * d * numel * itemsize)))
+    pieces = []
+    for s in range(0, b, chunk):
+        pieces.append(per(x[s : s + chunk], v[:, s : s + chunk]))
+    out = {}
+    for n in names:
+        g = torch.cat([p[n] for p in pieces], 0) if len(pieces) > 1 else pieces[0][n]
+        out[n] = g.transpose(0, 1)  # [D, B, *shape]
+    return out
+
+
+def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[str, torch.Tensor], weight_fn):
+    """Jᵀ W(J v) for a batch: J = ∂f/∂θ for the parameters ``names``; ``weight_fn(f, Jv)`` gives W(Jv).
+
+    Returns (output f, dict name → tensor). Costs two forward passes, one JVP and one VJP.
+    """
+    params, buffers = _state(model)
+    train = {n: params[n] for n in names}
+    fixed = {n: p for n, p in params.items() if n not in train}
+
+    def f(p):
+        return functional_call(model, ({**fixed, **p}, buffers), (x,))
+
+    out, jv = jvp(f, (train,), (v,))
+    _, pullback = vjp(f, train)
+    (g,) = pullback(weight_fn(out.detach(), jv.detach()))
+    return out, g
+
+
+def output_with_params(model: torch.nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Model output with some parameters replaced by ``theta`` (others as they are)."""
+    params, buffers = _state(model)
+    params.update(theta)
+    return functional_call(model, (params, buffers), (x,))

@@ -1,0 +1,211 @@
+"""Which parameters fisherkit differentiates, and how: hooks on Linear/Conv, torch.func otherwise.
+
+A *unit* is a group of parameters whose statistics are gathered together:
+
+* ``HookUnit``: the weight (and bias) of one ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` called
+  exactly once per forward. Its per-sample gradient is Σ_t g_t ãᵀ_t, with ã the layer input (conv:
+  unfolded patches) extended by a 1 for the bias, and g the gradient of the layer output.
+* ``FuncUnit``: every other requested parameter, differentiated per sample with torch.func.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import FisherkitError
+
+HOOKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass
+class ParamInfo:
+    """Names and shapes of the differentiated parameters, in ``named_parameters`` order."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+
+    @property
+    def numels(self) -> list[int]:
+        out = []
+        for s in self.shapes:
+            n = 1
+            for d in s:
+                n *= d
+            out.append(n)
+        return out
+
+    @property
+    def offsets(self) -> list[int]:
+        off, acc = [], 0
+        for n in self.numels:
+            off.append(acc)
+            acc += n
+        return off
+
+    @property
+    def size(self) -> int:
+        return sum(self.numels)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def select_params(model: nn.Module, params=None) -> dict[str, nn.Parameter]:
+    """The parameters to differentiate: ``requires_grad`` ones, or the given names / tensors."""
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {n: p for n, p in named.items() if p.requires_grad}
+    else:
+        ids = {id(p): n for n, p in named.items()}
+        wanted = set()
+        for p in params:
+            if isinstance(p, str):
+                if p not in named:
+                    raise FisherkitError(f"parameter {p!r} is not in the model (it has {list(named)[:8]}...)")
+                wanted.add(p)
+            elif isinstance(p, torch.Tensor):
+                if id(p) not in ids:
+                    raise FisherkitError(f"a tensor of shape {tuple(p.shape)} in params= is not a parameter of the model")
+                wanted.add(ids[id(p)])
+            else:
+                raise FisherkitError(f"params= takes parameter names or tensors; got {type(p).__name__}")
+        chosen = {n: p for n, p in named.items() if n in wanted}
+    if not chosen:
+        raise FisherkitError("the model has no trainable parameters to compute a Fisher for")
+    return chosen
+
+
+@dataclass
+class HookUnit:
+    module: nn.Module
+    module_name: str
+    weight: str
+    bias: str | None
+    weight_shape: tuple[int, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+    @property
+    def in_features(self) -> int:  # columns of the combined [W | b] matrix
+        w = self.weight_shape
+        n = 1
+        for d in w[1:]:
+            n *= d
+        return n + (1 if self.bias else 0)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[0]
+
+
+@dataclass
+class Plan:
+    """How each requested parameter is differentiated."""
+
+    info: ParamInfo
+    hook_units: list[HookUnit] = field(default_factory=list)
+    func_names: list[str] = field(default_factory=list)
+
+    def describe_fallback(self) -> str:
+        return ", ".join(self.func_names)
+
+
+def _hookable(module: nn.Module) -> bool:
+    if not isinstance(module, HOOKABLE):
+        return False
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return False
+    return True
+
+
+def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool = True) -> Plan:
+    """Assign each chosen parameter to a hook unit (Linear/Conv weight [+ bias]) or to torch.func."""
+    info = ParamInfo(list(chosen), [tuple(p.shape) for p in chosen.values()])
+    plan = Plan(info)
+    covered: set[str] = set()
+    if use_hooks:
+        for mname, module in model.named_modules():
+            if not _hookable(module):
+                continue
+            prefix = f"{mname}." if mname else ""
+            w, b = prefix + "weight", prefix + "bias"
+            if w not in chosen:
+                continue
+            has_b = module.bias is not None and b in chosen
+            plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape)))
+            covered.update([w] + ([b] if has_b else []))
+    plan.func_names = [n for n in chosen if n not in covered]
+    return plan
+
+
+def demote(plan: Plan, units: list[HookUnit]) -> None:
+    """Move hook units whose hooks did not fire exactly once to the torch.func path."""
+    if not units:
+        return
+    gone = {id(u) for u in units}
+    plan.hook_units = [u for u in plan.hook_units if id(u) not in gone]
+    moved = {n for u in units for n in u.names}
+    plan.func_names = [n for n in plan.info.names if n in moved or n in plan.func_names]
+
+
+class Capture:
+    """Forward hooks recording each hook unit's input and output during one forward pass."""
+
+    def __init__(self, units: list[HookUnit]):
+        self.units = units
+        self.inputs: dict[int, list[torch.Tensor]] = {}
+        self.outputs: dict[int, list[torch.Tensor]] = {}
+        self._handles = []
+
+    def __enter__(self):
+        for i, u in enumerate(self.units):
+            self._handles.append(u.module.register_forward_hook(self._hook(i)))
+        return self
+
+    def _hook(self, i):
+        def hook(module, inputs, output):
+            self.inputs.setdefault(i, []).append(inputs[0].detach())
+            self.outputs.setdefault(i, []).append(output)
+
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def misfired(self) -> list[HookUnit]:
+        """Units called zero times (bypassed, e.g. MultiheadAttention's out_proj) or several times."""
+        return [u for i, u in enumerate(self.units) if len(self.inputs.get(i, [])) != 1]
+
+
+def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:
+    """ã of shape [B, T, I]: the layer input (conv: unfolded patches) with a 1 appended for the bias."""
+    m = unit.module
+    if isinstance(m, nn.Linear):
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+        if isinstance(m, nn.Conv1d):
+            x2 = x.unsqueeze(2)
+            ks, st, pd, dl = (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]), (1, m.dilation[0])
+        else:
+            x2, ks, st, pd, dl = x, m.kernel_size, m.stride, m.padding, m.dilation
+        a = torch.nn.functional.unfold(x2, ks, dilation=dl, padding=pd, stride=st).transpose(1, 2)
+    if unit.bias:
+        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+    return a
+
+
+def unit_output_grads(unit: HookUnit, gz: torch.Tensor) -> torch.Tensor:
+    """Output gradients [D, B, *out_shape] → [D, B, T, O] with T the positions sharing the weight."""
+    m = unit.module
+    d, b = gz.shape[:2]
+    if isinstance(m, nn.Linear):
+        return gz.reshape(d, b, -1, gz.shape[-1])
+    return gz.reshape(d, b, gz.shape[2], -1).transpose(2, 3)

@@ -1,0 +1,225 @@
+"""Fisher information of any family by automatic differentiation.
+
+For one observation x ~ p(· | θ), with score s(x; θ) = ∇_θ log p(x | θ),
+
+    I(θ) = E[s sᵀ]              ("score" form: covariance of the score, since E[s] = 0)
+         = −E[∇²_θ log p(x | θ)]   ("hessian" form; equal under the usual regularity conditions).
+
+Scores and Hessians come from ``torch.func.jacfwd`` in float64 (forward mode over the p
+parameters, batched over all points). The expectation is computed
+
+* ``"enumerate"`` (discrete support): exactly, summing over the support; an infinite support is
+  truncated where the remaining tail mass is below 1e-14;
+* ``"quadrature"`` (continuous support): the trapezoid rule in an unconstrained coordinate u
+  (x = u, lo + eᵘ or lo + (hi−lo)σ(u)), centred at the mode of the density in u with step 1/20 of
+  its Laplace scale, extended until the density is e⁻⁵⁰ of its peak. For smooth, fast-decaying
+  integrands on ℝ the trapezoid rule converges geometrically (≈ 1e-12 here);
+* ``"mc"``: seeded Monte Carlo with ``mc_samples`` draws (standard error ∝ 1/√mc_samples).
+
+``"auto"`` picks enumeration or quadrature from the support. The density must be normalised: a
+total mass differing from 1 by more than 1e-6 raises ``FisherkitError``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import optimize
+
+from ..errors import FisherkitError, NonFiniteError
+from .family import DTYPE, Family
+
+TAIL_MASS = 1e-14
+MAX_POINTS = 2_000_000
+
+
+def score_and_hessian(family: Family, x, theta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-observation log p (N,), score (N, p) and Hessian (N, p, p), float64, by autodiff."""
+    x = torch.as_tensor(np.asarray(x, dtype=float), dtype=DTYPE)
+    theta = torch.as_tensor(np.asarray(theta, dtype=float), dtype=DTYPE)
+
+    def f(t):
+        return family.logpdf(x, t)
+
+    with torch.no_grad():
+        logp = f(theta)
+    try:
+        score = torch.func.jacfwd(f)(theta)
+        hess = torch.func.jacfwd(torch.func.jacfwd(f))(theta)
+    except (RuntimeError, NotImplementedError):  # an op without forward-mode AD: reverse per point
+        single = lambda t, xi: family.logpdf(xi.unsqueeze(0), t)[0]
+        score = torch.func.vmap(torch.func.grad(single), in_dims=(None, 0))(theta, x)
+        hess = torch.func.vmap(torch.func.hessian(single), in_dims=(None, 0))(theta, x)
+    return logp, score.reshape(len(logp), -1), hess.reshape(len(logp), theta.numel(), theta.numel())
+
+
+# ------------------------------------------------------------------ expectation rules
+
+
+def enumeration_rule(family: Family, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Support points and their probabilities, truncated where the tail mass < 1e-14."""
+    if hasattr(family, "support_points"):
+        pts = family.support_points(theta)
+        return pts, np.exp(family.log_prob_unchecked(pts, theta))
+    sup = family.support
+    lo, hi = sup.low, sup.high
+    size = 256
+    while True:
+        stop = hi if hi - lo < size else lo + size - 1
+        pts = np.arange(lo, stop + 1, dtype=float)
+        logp = family.log_prob_unchecked(pts, theta)
+        mass = np.exp(logp).sum()
+        if stop >= hi:
+            return pts, np.exp(logp)
+        # geometric bound on the tail beyond the last point, Σ_{j≥1} p_K r^j = p_K r / (1 − r),
+        # with r = p_K / p_{K−1} (valid once the pmf decays at a non-increasing ratio)
+        log_r = logp[-1] - logp[-2]
+        if log_r < 0 and abs(mass - 1) < 1e-9:
+            r = math.exp(log_r)
+            if math.exp(logp[-1]) * r / (1 - r) < TAIL_MASS:
+                return pts, np.exp(logp)
+        if size >= MAX_POINTS:
+            raise FisherkitError(
+                f"{family.name}: enumerating {size} support points left tail mass {1 - mass:.3g} "
+                "(is the log-density normalised?); use method='mc'"
+            )
+        size *= 4
+
+
+def _u_map(lo: float, hi: float):
+    """x(u) and log|dx/du| for the coordinate that maps ℝ onto (lo, hi)."""
+    if math.isinf(lo) and math.isinf(hi):
+        return (lambda u: u), (lambda u: torch.zeros_like(u))
+    if math.isinf(hi):
+        return (lambda u: lo + torch.exp(u)), (lambda u: u)
+    if math.isinf(lo):
+        return (lambda u: hi - torch.exp(u)), (lambda u: u)
+    w = hi - lo
+    return (
+        lambda u: lo + w * torch.sigmoid(u),
+        lambda u: math.log(w) + torch.nn.functional.logsigmoid(u) + torch.nn.functional.logsigmoid(-u),
+    )
+
+
+def quadrature_rule(family: Family, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes x_i and weights w_i ≈ p(x_i) dx for E[f(x)] ≈ Σ w_i f(x_i) (trapezoid in u)."""
+    x_of, logjac = _u_map(family.support.low, family.support.high)
+    t = torch.as_tensor(theta, dtype=DTYPE)
+
+    def g(u: torch.Tensor) -> torch.Tensor:  # log density of u
+        with np.errstate(all="ignore"):
+            out = family.logpdf(x_of(u), t) + logjac(u)
+        return torch.where(torch.isfinite(out), out, torch.full_like(out, -math.inf))
+
+    with torch.no_grad():
+        grid = torch.arange(-60.0, 60.0 + 1e-9, 0.25, dtype=DTYPE)
+        gg = g(grid)
+    if not torch.isfinite(gg).any():
+        raise FisherkitError(f"{family.name}: the log-density is -inf everywhere on the support")
+    u0 = float(grid[int(torch.argmax(gg))])
+
+    def neg(u):
+        ut = torch.tensor(np.asarray(u, dtype=float).reshape(1), dtype=DTYPE, requires_grad=True)
+        v = -g(ut)[0]
+        if not torch.isfinite(v):
+            return math.inf, np.zeros(1)
+        (d,) = torch.autograd.grad(v, ut)
+        return float(v.detach()), d.numpy().astype(float)
+
+    res = optimize.minimize(neg, np.array([u0]), jac=True, method="BFGS")
+    umode = float(res.x[0]) if np.isfinite(res.fun) and -res.fun >= float(gg.max()) else u0
+    um = torch.tensor([umode], dtype=DTYPE, requires_grad=True)
+    (d1,) = torch.autograd.grad(g(um)[0], um, create_graph=True)
+    (d2,) = torch.autograd.grad(d1[0], um)
+    curv = -float(d2[0])
+    scale = 1.0 / math.sqrt(curv) if np.isfinite(curv) and curv > 0 else 1.0
+    h = scale / 20.0
+    with torch.no_grad():
+        gmax = float(g(torch.tensor([umode], dtype=DTYPE))[0])
+        pieces = [torch.tensor([umode], dtype=DTYPE)]
+        for direction in (-1.0, 1.0):
+            k = 1
+            while True:
+                block = umode + direction * h * torch.arange(k, k + 512, dtype=DTYPE)
+                pieces.append(block)
+                gb = g(block)
+                k += 512
+                if not (gb > gmax - 50).any() or k * h > 2000 or k > MAX_POINTS // 2:
+                    break
+        u = torch.cat(pieces)
+        gu = g(u)
+    keep = torch.isfinite(gu)
+    x = x_of(u[keep]).numpy()
+    inside = family.support.contains(x)
+    return x[inside], (h * torch.exp(gu[keep])).numpy()[inside]
+
+
+def _check_mass(family: Family, weights: np.ndarray, method: str) -> None:
+    total = float(np.sum(weights))
+    if abs(total - 1) > 1e-6:
+        raise FisherkitError(
+            f"{family.name}: the density sums/integrates to {total:.6g}, not 1, under method='{method}' "
+            "(is the log-density normalised, with the right support?)"
+        )
+
+
+def fisher_information(
+    family: Family,
+    params,
+    method: str = "auto",
+    form: str = "score",
+    mc_samples: int = 200_000,
+    seed: int | None = 0,
+):
+    """Fisher information of one observation, I(θ) (p × p), by autodiff.
+
+    ``form``: ``"score"`` (E[s sᵀ]), ``"hessian"`` (−E[∇² log p]) or ``"both"`` (a tuple).
+    ``method``: ``"auto"`` | ``"enumerate"`` | ``"quadrature"`` | ``"mc"`` (see module docstring).
+
+    >>> import fisherkit as fk
+    >>> fk.stats.fisher_information(fk.stats.Poisson(), [4.0]).round(12)   # 1/λ
+    array([[0.25]])
+    """
+    theta = family.check_params(params)
+    if form not in ("score", "hessian", "both"):
+        raise FisherkitError(f"form must be 'score', 'hessian' or 'both', got {form!r}")
+    if method == "auto":
+        method = "enumerate" if family.support.discrete else "quadrature"
+    if family.on_boundary(theta):
+        raise FisherkitError(
+            f"{family.name}: θ = {theta.tolist()} is on the boundary of the parameter space "
+            f"({', '.join(family.on_boundary(theta))}); the Fisher information diverges or is undefined there"
+        )
+    if method == "enumerate":
+        if not family.support.discrete:
+            raise FisherkitError(f"{family.name} has a continuous support; use method='quadrature' or 'mc'")
+        x, w = enumeration_rule(family, theta)
+        _check_mass(family, w, method)
+    elif method == "quadrature":
+        if family.support.discrete or family.event_shape:
+            raise FisherkitError(f"{family.name}: quadrature needs a scalar continuous support; use 'enumerate'/'mc'")
+        x, w = quadrature_rule(family, theta)
+        _check_mass(family, w, method)
+    elif method == "mc":
+        x = np.asarray(family.sample(theta, int(mc_samples), rng=np.random.default_rng(seed)), dtype=float)
+        w = np.full(len(x), 1.0 / len(x))
+    else:
+        raise FisherkitError(f"method must be 'auto', 'enumerate', 'quadrature' or 'mc', got {method!r}")
+    _, s, hess = score_and_hessian(family, x, theta)
+    wt = torch.as_tensor(w, dtype=DTYPE)
+    by_score = torch.einsum("n,ni,nj->ij", wt, s, s).numpy()
+    by_hessian = -torch.einsum("n,nij->ij", wt, hess).numpy()
+    if not (np.isfinite(by_score).all() and np.isfinite(by_hessian).all()):
+        raise NonFiniteError(f"{family.name}: the Fisher information at θ = {theta.tolist()} is not finite")
+    if form == "score":
+        return by_score
+    if form == "hessian":
+        return by_hessian
+    return by_score, by_hessian
+
+
+def cramer_rao_bound(family: Family, params, n: int = 1) -> np.ndarray:
+    """Cramér–Rao lower bound (n I(θ))⁻¹ on the covariance of an unbiased estimator from n draws."""
+    return np.linalg.inv(n * family.fisher_information(params))
