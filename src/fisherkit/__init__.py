@@ -9,7 +9,16 @@ from .api import fisher, fvp, kl_divergence, load
 from .errors import FisherkitError
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from .curvature import Curvature
-from . import stats
+
+_SUBPACKAGES = {"stats", "optim", "continual", "active", "datasets", "report"}
+
+
+def __getattr__(name):  # subpackages load on first use: `import fisherkit` stays light
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'fisherkit' has no attribute {name!r}")
 
 __all__ = [
     "__version__", "FisherkitError", "fisher", "fvp", "kl_divergence", "load", "Likelihood", "Categorical",
