@@ -1,1 +1,52 @@
-"""Classical statistics of Fisher information (no neural code)."""
+"""Classical statistics of Fisher information (no neural code).
+
+Families with closed-form Fisher information, a generic autodiff Fisher information for any
+family, maximum likelihood with expected/observed/OPG/sandwich covariances, Wald and profile
+intervals, and GLMs fitted by Fisher scoring.
+
+>>> import fisherkit as fk
+>>> res = fk.stats.fit(fk.stats.Binomial(10), [6])
+>>> float(res.params[0])
+0.6
+"""
+
+from .families import Bernoulli, Beta, Binomial, Categorical, Exponential, Gamma, Geometric, Multinomial, Normal, Poisson
+from .family import Family, Support
+from .custom import CustomFamily
+from .information import cramer_rao_bound, fisher_information, score_and_hessian
+from .mle import BoundaryWarning, FitResult, fit
+from .glm import LogisticRegression, PoissonRegression, SeparationError
+
+__all__ = [
+    "Bernoulli",
+    "Beta",
+    "Binomial",
+    "Categorical",
+    "Exponential",
+    "Gamma",
+    "Geometric",
+    "Multinomial",
+    "Normal",
+    "Poisson",
+    "Family",
+    "Support",
+    "CustomFamily",
+    "fisher_information",
+    "cramer_rao_bound",
+    "score_and_hessian",
+    "fit",
+    "FitResult",
+    "BoundaryWarning",
+    "LogisticRegression",
+    "PoissonRegression",
+    "SeparationError",
+    "plots",
+]
+
+
+def __getattr__(name):  # import matplotlib only when plots are asked for
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,13 +34,16 @@ INF = math.inf
 
 
 def _xlogy(x, y):
-    return torch.special.xlogy(x, y)
+    """x·log y with 0·log 0 = 0; y is replaced by 1 where x = 0 so no NaN reaches the gradient
+    (and torch.special.xlogy is slow under torch.func transforms)."""
+    return x * torch.log(torch.where(x == 0, torch.ones_like(y), y))
 
 
 class Bernoulli(Family):
     """Bernoulli(p): P(x) = pˣ(1−p)^{1−x}, x ∈ {0, 1}; MLE p̂ = x̄; I(p) = 1/(p(1−p))."""
 
     name = "Bernoulli"
+    elementwise_params = True
     param_names = ("p",)
     bounds = ((0.0, 1.0),)
     support = Support.integers(0, 1)
@@ -66,6 +69,7 @@ class Bernoulli(Family):
 class Binomial(Family):
     """Binomial(n, p): successes out of n trials; MLE p̂ = x̄/n; I(p) = n/(p(1−p))."""
 
+    elementwise_params = True
     param_names = ("p",)
     bounds = ((0.0, 1.0),)
 
@@ -146,6 +150,14 @@ class Categorical(Family):
         c = self._counts(data)
         return c[:-1] / c.sum()
 
+    def profile_nuisance(self, data, j, value):
+        """With p_j fixed, the other probabilities maximising ℓ are (1−p_j)·c_i / Σ_{l≠j} c_l."""
+        rest = self._counts(data)
+        rest[j] = 0.0
+        full = (1 - value) * (rest / rest.sum() if rest.sum() > 0 else np.full(self.k, 1 / (self.k - 1)))
+        full[j] = value
+        return full[:-1]
+
     def to_unconstrained(self, theta):
         """Additive log-ratio: u_i = log(p_i / p_{k−1})."""
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -197,9 +209,8 @@ class Multinomial(Categorical):
     def closed_form_fisher(self, theta):
         return self.n * super().closed_form_fisher(theta)
 
-    def closed_form_mle(self, data):
-        c = data.sum(axis=0)
-        return c[:-1] / c.sum()
+    def _counts(self, data):
+        return data.sum(axis=0).astype(float)
 
     def _sample(self, theta, size, rng):
         return rng.multinomial(self.n, np.append(theta, max(0.0, 1 - theta.sum())), size=size)
@@ -209,6 +220,7 @@ class Poisson(Family):
     """Poisson(λ): P(x) = λˣe^{−λ}/x!, x ∈ {0, 1, …}; MLE λ̂ = x̄; I(λ) = 1/λ."""
 
     name = "Poisson"
+    elementwise_params = True
     param_names = ("lam",)
     bounds = ((0.0, INF),)
     support = Support.integers(0, INF)
@@ -237,6 +249,7 @@ class Geometric(Family):
     """
 
     name = "Geometric"
+    elementwise_params = True
     param_names = ("p",)
     bounds = ((0.0, 1.0),)
     support = Support.integers(1, INF)
@@ -263,6 +276,7 @@ class Normal(Family):
     """Normal(μ, σ); MLE μ̂ = x̄, σ̂² = Σ(x−x̄)²/N (the biased MLE); I = diag(1/σ², 2/σ²)."""
 
     name = "Normal"
+    elementwise_params = True
     param_names = ("mu", "sigma")
     bounds = ((-INF, INF), (0.0, INF))
     support = Support.real()
@@ -287,6 +301,7 @@ class Exponential(Family):
     """Exponential(λ) with rate λ: p(x) = λe^{−λx}, x > 0; MLE λ̂ = 1/x̄; I(λ) = 1/λ²."""
 
     name = "Exponential"
+    elementwise_params = True
     param_names = ("rate",)
     bounds = ((0.0, INF),)
     support = Support.real(0.0, INF)
@@ -313,6 +328,7 @@ class Gamma(Family):
     """
 
     name = "Gamma"
+    elementwise_params = True
     param_names = ("shape", "rate")
     bounds = ((0.0, INF), (0.0, INF))
     support = Support.real(0.0, INF)
@@ -348,6 +364,7 @@ class Beta(Family):
     """
 
     name = "Beta"
+    elementwise_params = True
     param_names = ("a", "b")
     bounds = ((0.0, INF), (0.0, INF))
     support = Support.real(0.0, 1.0)

@@ -132,6 +132,9 @@ class Family:
     bounds: tuple[tuple[float, float], ...] = ()
     support: Support = Support.real()
     event_shape: tuple[int, ...] = ()
+    #: True when ``logpdf`` only combines θ's entries elementwise (θ[0], θ[1], …), so that each
+    #: entry may be an (N,) tensor; enables a faster per-observation score/Hessian path.
+    elementwise_params: bool = False
 
     # -- to be implemented ---------------------------------------------------------------
     def logpdf(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

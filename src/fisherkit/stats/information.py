@@ -40,6 +40,9 @@ def score_and_hessian(family: Family, x, theta) -> tuple[torch.Tensor, torch.Ten
     x = torch.as_tensor(np.asarray(x, dtype=float), dtype=DTYPE)
     theta = torch.as_tensor(np.asarray(theta, dtype=float), dtype=DTYPE)
 
+    if getattr(family, "elementwise_params", False) and x.ndim == 1:
+        return _score_and_hessian_elementwise(family, x, theta)
+
     def f(t):
         return family.logpdf(x, t)
 
@@ -53,6 +56,25 @@ def score_and_hessian(family: Family, x, theta) -> tuple[torch.Tensor, torch.Ten
         score = torch.func.vmap(torch.func.grad(single), in_dims=(None, 0))(theta, x)
         hess = torch.func.vmap(torch.func.hessian(single), in_dims=(None, 0))(theta, x)
     return logp, score.reshape(len(logp), -1), hess.reshape(len(logp), theta.numel(), theta.numel())
+
+
+def _score_and_hessian_elementwise(family, x, theta):
+    """Fast path for families whose logpdf is elementwise in θ's entries: give every observation
+    its own copy of θ (shape (p, N)), so one backward pass yields all per-observation scores and p
+    more yield the Hessians (plain autograd; torch.func's per-op overhead dominates small problems)."""
+    p, n = theta.numel(), len(x)
+    tb = theta[:, None].expand(p, n).clone().requires_grad_(True)
+    logp = family.logpdf(x, tb)
+    (g,) = torch.autograd.grad(logp.sum(), tb, create_graph=True)
+    rows = []
+    for j in range(p):
+        if g[j].requires_grad:
+            (hj,) = torch.autograd.grad(g[j].sum(), tb, retain_graph=True, allow_unused=True, materialize_grads=True)
+        else:
+            hj = torch.zeros_like(tb)
+        rows.append(hj)
+    hess = torch.stack(rows).permute(2, 0, 1)  # (N, p, p)
+    return logp.detach(), g.detach().T.contiguous(), hess.detach()
 
 
 # ------------------------------------------------------------------ expectation rules

@@ -20,8 +20,59 @@ from .family import DTYPE, Family, _from_u, _to_u
 U_LIMIT = 30.0  # |u| beyond this means θ ran into a bound (e^{-30} ≈ 1e-13)
 
 
+def _grad_hess(objective, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and Hessian of a scalar torch function at u (plain autograd; d is small)."""
+    ut = torch.tensor(u, dtype=DTYPE, requires_grad=True)
+    (g,) = torch.autograd.grad(objective(ut), ut, create_graph=True)
+    rows = [
+        torch.autograd.grad(g[i], ut, retain_graph=True, allow_unused=True, materialize_grads=True)[0]
+        if g.requires_grad else torch.zeros_like(ut)
+        for i in range(len(u))
+    ]
+    return g.detach().numpy(), torch.stack(rows).detach().numpy()
+
+
+def _newton(objective, u: np.ndarray, max_iter: int = 50) -> tuple[np.ndarray, bool]:
+    """Damped Newton on the exact autodiff Hessian; (u, converged). Gives up where the Hessian
+    is not positive definite (the caller then falls back to BFGS)."""
+    f = float(objective(torch.tensor(u, dtype=DTYPE)))
+    if not np.isfinite(f):
+        return u, False
+    for _ in range(max_iter):
+        g, h = _grad_hess(objective, u)
+        if not (np.isfinite(g).all() and np.isfinite(h).all()):
+            return u, False
+        try:
+            np.linalg.cholesky(h)
+        except np.linalg.LinAlgError:
+            return u, False
+        step = np.linalg.solve(h, g)
+        t = 1.0
+        while t > 1e-6:
+            new = u - t * step
+            f_new = float(objective(torch.tensor(new, dtype=DTYPE)))
+            if np.isfinite(f_new) and f_new <= f + 1e-15 * (1 + abs(f)):
+                break
+            t /= 2
+        else:
+            return u, np.abs(g).max() < 1e-9
+        u, f = new, f_new
+        if np.abs(t * step).max() < 1e-12 * (1 + np.abs(u).max()) or np.abs(g).max() < 1e-13:
+            return u, True
+        if np.abs(u).max() > 2 * U_LIMIT:
+            return u, False
+    return u, False
+
+
 def _minimise(objective, u0: np.ndarray) -> np.ndarray:
-    """Minimise a torch scalar function of u ∈ ℝᵈ; returns the minimiser (numpy)."""
+    """Minimise a torch scalar function of u ∈ ℝᵈ; returns the minimiser (numpy).
+
+    Newton first (fast from a good start, e.g. the warm starts of a profile likelihood), then BFGS
+    from the same start if Newton fails, polished by Newton."""
+    u0 = np.clip(np.nan_to_num(np.asarray(u0, dtype=float), nan=0.0), -U_LIMIT, U_LIMIT)
+    u, ok = _newton(objective, u0)
+    if ok:
+        return u
 
     def fg(u):
         ut = torch.tensor(u, dtype=DTYPE, requires_grad=True)
@@ -31,30 +82,8 @@ def _minimise(objective, u0: np.ndarray) -> np.ndarray:
         (g,) = torch.autograd.grad(v, ut)
         return float(v.detach()), g.numpy().astype(float)
 
-    u0 = np.clip(np.nan_to_num(np.asarray(u0, dtype=float), nan=0.0), -U_LIMIT, U_LIMIT)
     res = optimize.minimize(fg, u0, jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 2000})
-    u = res.x
-    for _ in range(8):  # Newton polish
-        ut = torch.tensor(u, dtype=DTYPE)
-        g = torch.func.grad(objective)(ut).numpy()
-        h = torch.func.hessian(objective)(ut).numpy()
-        if not (np.isfinite(g).all() and np.isfinite(h).all()):
-            break
-        try:
-            step = np.linalg.solve(h, g)
-        except np.linalg.LinAlgError:
-            break
-        if np.linalg.eigvalsh((h + h.T) / 2).min() <= 0:
-            break
-        new = u - step
-        if not np.isfinite(new).all() or float(objective(torch.tensor(new, dtype=DTYPE))) > float(
-            objective(torch.tensor(u, dtype=DTYPE))
-        ) + 1e-15:
-            break
-        u = new
-        if np.abs(step).max() < 1e-13:
-            break
-    return u
+    return _newton(objective, res.x, max_iter=8)[0]
 
 
 def numerical_mle(family: Family, x: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
