@@ -17,7 +17,7 @@ from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood
 from .data import iterate_batches, model_device_dtype
 from .directions import directions
-from .functional import persample_grads
+from .functional import no_fused_attention, persample_grads
 from .units import Capture, HookUnit, Plan, demote, unit_activations, unit_output_grads
 
 
@@ -84,7 +84,7 @@ def gather(
     first = True
     for i, x, y in _progress(batches, total, progress, description):
         units = plan.hook_units
-        with Capture(units) as cap, torch.set_grad_enabled(bool(units)):
+        with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
             out = model(x)
         if not isinstance(out, torch.Tensor):
             raise FisherkitError(f"the model returned a {type(out).__name__}; fisherkit needs a tensor of outputs")

@@ -8,8 +8,28 @@ shared positions (sequence tokens) happens inside the vjp, i.e. before any squar
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
+
+
+@contextlib.contextmanager
+def no_fused_attention():
+    """Use plain-op attention: fused Transformer / flash kernels have no forward-mode AD or vmap rules."""
+    with contextlib.ExitStack() as stack:
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None and hasattr(mha, "set_fastpath_enabled"):
+            before = mha.get_fastpath_enabled()
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, before)
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        except ImportError:  # pragma: no cover - older torch
+            pass
+        yield
 
 
 def _state(model: torch.nn.Module):
@@ -47,8 +67,9 @@ def persample_grads(
     itemsize = v.element_size()
     chunk = max(1, int(max_memory // max(1, 4 * d * numel * itemsize)))
     pieces = []
-    for s in range(0, b, chunk):
-        pieces.append(per(x[s : s + chunk], v[:, s : s + chunk]))
+    with no_fused_attention():
+        for s in range(0, b, chunk):
+            pieces.append(per(x[s : s + chunk], v[:, s : s + chunk]))
     out = {}
     for n in names:
         g = torch.cat([p[n] for p in pieces], 0) if len(pieces) > 1 else pieces[0][n]
@@ -68,9 +89,10 @@ def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[s
     def f(p):
         return functional_call(model, ({**fixed, **p}, buffers), (x,))
 
-    out, jv = jvp(f, (train,), (v,))
-    _, pullback = vjp(f, train)
-    (g,) = pullback(weight_fn(out.detach(), jv.detach()))
+    with no_fused_attention():
+        out, jv = jvp(f, (train,), (v,))
+        _, pullback = vjp(f, train)
+        (g,) = pullback(weight_fn(out.detach(), jv.detach()))
     return out, g
 
 

@@ -1,0 +1,112 @@
+"""Every structure that claims exactness matches the brute force (tests/reference.py) to 1e-10."""
+
+import pytest
+import torch
+
+import fisherkit as fk
+from models import labels, make
+from reference import brute_fisher
+
+MODELS = ["mlp", "cnn", "conv1d", "residual", "ln_emb", "attention", "tokens"]
+LIKELIHOODS = ["categorical", "gaussian", "bernoulli"]
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    out = {}
+    for name in MODELS:
+        for lik in LIKELIHOODS:
+            m, X = make(name)
+            y = labels(m, X, lik)
+            out[name, lik] = (m, X, y, brute_fisher(m, X, y, lik, "exact"), brute_fisher(m, X, y, lik, "empirical"))
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("lik", LIKELIHOODS)
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+def test_dense_diag_block_implicit_match_brute_force(cases, name, lik, kind):
+    m, X, y, F_exact, F_emp = cases[name, lik]
+    ref = F_exact if kind == "exact" else F_emp
+    data = (X, y)
+    D = fk.fisher(m, data, likelihood=lik, kind=kind, structure="dense", batch_size=4)
+    assert rel(D.to_dense(), ref) < 1e-10
+    assert D.num_samples == X.shape[0]
+    diag = fk.fisher(m, data, likelihood=lik, kind=kind, structure="diag", batch_size=4)
+    assert rel(diag.diag(), ref.diagonal()) < 1e-10
+    # the block structure equals the dense matrix restricted to its blocks
+    B = fk.fisher(m, data, likelihood=lik, kind=kind, structure="block", batch_size=4).to_dense()
+    mask = B != 0
+    assert rel(B[mask], ref[mask]) < 1e-10
+    assert rel(B.diagonal(), ref.diagonal()) < 1e-10
+    imp = fk.fisher(m, data, likelihood=lik, kind=kind, structure="implicit", batch_size=4)
+    v = torch.randn(ref.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert rel(imp.mv(v), ref @ v) < 1e-10
+    assert rel(fk.fvp(m, data, v, likelihood=lik, kind=kind, batch_size=3), ref @ v) < 1e-10
+
+
+def test_block_layout_is_per_module():
+    m, X = make("mlp")
+    B = fk.fisher(m, (X, labels(m, X, "categorical")), structure="block").to_dense()
+    # cross terms between the two Linear layers are zero; within a layer (weight × bias) they are not
+    w0 = 4 * 5 + 5
+    assert torch.all(B[:w0, w0:] == 0)
+    assert B[:20, 20:25].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_lowrank_matches_top_eigenpairs(cases, name):
+    m, X, y, F, _ = cases[name, "categorical"]
+    L = fk.fisher(m, (X, y), structure="lowrank", rank=5)
+    vals, vecs = torch.linalg.eigh(F)
+    assert torch.allclose(L.eig(5)[0], vals.flip(0)[:5], rtol=1e-9, atol=1e-12)
+    top = vecs.flip(1)[:, :5]
+    ref = (top * vals.flip(0)[:5]) @ top.T
+    assert rel(L.to_dense(), ref) < 1e-9
+
+
+def test_kfac_exact_for_one_point_and_one_direction():
+    """One sample, one backward direction, no shared positions: G ⊗ A is the exact layer block."""
+    m, X = make("mlp")
+    x, y = X[:1], labels(m, X[:1], "categorical")
+    ref = brute_fisher(m, x, y, "categorical", "empirical")
+    K = fk.fisher(m, (x, y), kind="empirical", structure="kfac").to_dense()
+    B = fk.fisher(m, (x, y), kind="empirical", structure="block").to_dense()
+    assert rel(K, B) < 1e-10
+    assert rel(K.diagonal(), ref.diagonal()) < 1e-10
+    # exact kind with all C directions and one point: Σ_d g_d g_dᵀ ⊗ a aᵀ, still exact per layer
+    Ke = fk.fisher(m, (x, y), kind="exact", structure="kfac").to_dense()
+    Be = fk.fisher(m, (x, y), kind="exact", structure="block").to_dense()
+    assert rel(Ke, Be) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "conv1d"])
+def test_ekfac_no_further_from_block_than_kfac(cases, name):
+    m, X, y, _, _ = cases[name, "categorical"]
+    B = fk.fisher(m, (X, y), structure="block").to_dense()
+    K = fk.fisher(m, (X, y), structure="kfac").to_dense()
+    E = fk.fisher(m, (X, y), structure="ekfac").to_dense()
+    assert (E - B).norm() <= (K - B).norm() + 1e-12
+    assert (K - B).norm() > 0  # KFAC is an approximation here, so the comparison means something
+
+
+def test_kfac_fallback_warns_and_stays_exact_on_other_layers():
+    m, X = make("ln_emb")
+    y = labels(m, X, "categorical")
+    with pytest.warns(UserWarning, match="emb.weight"):
+        K = fk.fisher(m, (X, y), structure="kfac")
+    ref = brute_fisher(m, X, y, "categorical", "exact")
+    # embedding and layer-norm parameters (first 28 + 8 entries) are dense blocks, hence exact
+    blk = 28
+    assert rel(K.to_dense()[:blk, :blk], ref[:blk, :blk]) < 1e-10
+
+
+def test_attention_out_proj_falls_back_to_torch_func(cases):
+    """MultiheadAttention calls F.linear on out_proj directly, bypassing its hooks: still exact."""
+    m, X, y, F, _ = cases["attention", "categorical"]
+    D = fk.fisher(m, (X, y), structure="diag")
+    assert rel(D.diag(), F.diagonal()) < 1e-10
