@@ -1,0 +1,175 @@
+"""Curvature statistics from the user's own forward / backward (no second pass over the data).
+
+During a forward with gradients enabled, forward hooks record each Linear/Conv layer's input ã and
+output z, and a hook on the model itself records the input x and output f. Then per ``kind``:
+
+* ``"mc"`` / ``"exact"``: output directions V (residuals at labels sampled from p(y|f), or the
+  columns of the output-Fisher square root) are pulled back to the layer outputs by one extra
+  backward from f, run right at the end of the forward with ``retain_graph=True`` so the user's
+  ``loss.backward()`` still works: g[d] = ∂(f · V[d]) / ∂z.
+* ``"empirical"``: tensor hooks on z and f keep the gradients the loss backward sends through them;
+  for a mean-reduced loss these are rₙ/B, so they are multiplied by B (``loss_reduction="mean"``).
+
+The result is a ``Batch``: per hook unit (ã ``[B, T, I]``, g ``[D, B, T, O]``) as in
+``fisherkit.engine``, the directions V ``[D, B, *out]`` and the input x (for the torch.func
+fallback and for Fisher-vector products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine.directions import exact_directions
+from ..engine.units import unit_activations, unit_output_grads
+from ..errors import FisherkitError, NonFiniteError, ShapeError
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    f: torch.Tensor
+    n: int
+    V: torch.Tensor | None = None
+    hook: list = field(default_factory=list)  # (unit, a, g)
+    inputs: dict = field(default_factory=dict)  # unit index -> list of inputs
+    outputs: dict = field(default_factory=dict)  # unit index -> list of outputs
+    grads: dict = field(default_factory=dict)  # unit index -> output grads (empirical)
+    f_grad: torch.Tensor | None = None
+
+
+def check_output(lik, f: torch.Tensor) -> None:
+    """Refuse model outputs the likelihood cannot describe (wrong rank, one class, non-finite)."""
+    if not isinstance(f, torch.Tensor):
+        raise FisherkitError(f"the model returned a {type(f).__name__}; NaturalGradient needs a tensor of outputs")
+    if not f.dtype.is_floating_point:
+        raise ShapeError(f"the model output has dtype {f.dtype}; the {lik.name} likelihood needs floating outputs")
+    lik.check(f.detach())
+    if lik.name == "categorical" and f.shape[-1] < 2:
+        raise ShapeError(
+            f"categorical likelihood needs at least 2 logits per sample; the model outputs shape {tuple(f.shape)} "
+            "(for one logit per sample use likelihood='bernoulli')"
+        )
+
+
+class Recorder:
+    """Installs the hooks; ``batch`` holds what the latest forward with gradients recorded."""
+
+    def __init__(self, model, units, lik, kind, mc_samples, generator, loss_reduction, need_layers, wanted):
+        self.model, self.units, self.lik, self.kind = model, units, lik, kind
+        self.mc_samples, self.generator, self.loss_reduction = mc_samples, generator, loss_reduction
+        self.need_layers = need_layers  # whether per-layer statistics are needed (not for implicit)
+        self.wanted = wanted  # callable: should the next forward be recorded?
+        self.batch: Batch | None = None
+        self.last_x: torch.Tensor | None = None
+        self.busy = False  # True while fisherkit itself runs the model (no recording then)
+        self._open: Batch | None = None
+        self._handles = [model.register_forward_pre_hook(self._pre_root)]
+        for i, u in enumerate(units):
+            self._handles.append(u.module.register_forward_hook(self._layer(i)))
+        self._handles.append(model.register_forward_hook(self._root))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _active(self) -> bool:
+        return torch.is_grad_enabled() and not self.busy and self.wanted()
+
+    def _pre_root(self, module, inputs):
+        self._open = None
+        if torch.is_grad_enabled() and not self.busy and inputs and isinstance(inputs[0], torch.Tensor):
+            self.last_x = inputs[0].detach()
+        if self._active() and inputs and isinstance(inputs[0], torch.Tensor):
+            self._open = Batch(inputs[0].detach(), None, int(inputs[0].shape[0]))
+
+    def _layer(self, i):
+        def hook(module, inputs, output):
+            b = self._open
+            if b is None or not self.need_layers:
+                return
+            b.inputs.setdefault(i, []).append(inputs[0].detach())
+            b.outputs.setdefault(i, []).append(output)
+            if self.kind == "empirical" and output.requires_grad:
+                def keep(grad, i=i, b=b):
+                    b.grads[i] = grad.detach()
+                output.register_hook(keep)
+
+        return hook
+
+    def _root(self, module, inputs, output):
+        b, self._open = self._open, None
+        if b is None:
+            return
+        check_output(self.lik, output)
+        b.f = output.detach()
+        if self.kind == "empirical":
+            if output.requires_grad:
+                def keep(grad, b=b):
+                    b.f_grad = grad.detach()
+                output.register_hook(keep)
+        else:
+            if self.kind == "exact":
+                b.V = exact_directions(self.lik, b.f)
+            else:
+                ys = [self.lik.sample(b.f, self.generator) for _ in range(self.mc_samples)]
+                b.V = torch.stack([self.lik.residual(b.f, y) for y in ys]) / self.mc_samples**0.5
+            if self.need_layers:
+                self._pull_back(b, output)
+        self.batch = b
+
+    def _pull_back(self, b: Batch, output: torch.Tensor) -> None:
+        idx = [i for i in range(len(self.units)) if len(b.outputs.get(i, [])) == 1]
+        zs = [b.outputs[i][0] for i in idx]
+        zs_ok = [z for z in zs if z.requires_grad]
+        if not zs_ok or not output.requires_grad:
+            return
+        V = b.V.to(output.dtype)
+        if V.shape[0] == 1:
+            gs = torch.autograd.grad(output, zs_ok, grad_outputs=V[0], retain_graph=True, allow_unused=True)
+            gs = [None if g is None else g.unsqueeze(0) for g in gs]
+        else:
+            gs = torch.autograd.grad(output, zs_ok, grad_outputs=V, retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True)
+        it = iter(gs)
+        for i, z in zip(idx, zs):
+            b.grads[i] = next(it) if z.requires_grad else None
+
+    def finish(self) -> Batch:
+        """Turn the recorded tensors into (unit, ã, g) triples; free the graph references."""
+        b = self.batch
+        if b is None:
+            raise FisherkitError(
+                "no forward pass of the model with gradients enabled was seen since the last curvature update; "
+                "call model(x) (not under torch.no_grad) and loss.backward() before step()"
+            )
+        if self.kind == "empirical":
+            if b.f_grad is None:
+                raise FisherkitError("the loss backward did not reach the model output; call loss.backward() before step()")
+            scale = b.n if self.loss_reduction == "mean" else 1.0
+            b.V = (b.f_grad * scale).unsqueeze(0)
+        for i, u in enumerate(self.units):
+            if len(b.inputs.get(i, [])) != 1 or i not in b.grads:
+                continue
+            gz = b.grads[i]
+            a = unit_activations(u, b.inputs[i][0])
+            if gz is None:
+                gz = a.new_zeros((b.V.shape[0],) + tuple(b.outputs[i][0].shape))
+            elif self.kind == "empirical":
+                gz = (gz * (b.n if self.loss_reduction == "mean" else 1.0)).unsqueeze(0)
+            g = unit_output_grads(u, gz)
+            if not torch.isfinite(g).all():
+                raise NonFiniteError(f"non-finite output gradient at layer {u.module_name!r} while gathering curvature")
+            b.hook.append((u, a, g))
+        b.outputs, b.grads, b.inputs = {}, {}, {}
+        self.batch = None
+        return b
+
+    def misfired(self, b_counts: dict | None = None) -> list[int]:
+        """Indices of units whose forward hook did not fire exactly once in the last recorded forward."""
+        b = self.batch
+        if b is None:
+            return []
+        return [i for i in range(len(self.units)) if len(b.inputs.get(i, [])) != 1]

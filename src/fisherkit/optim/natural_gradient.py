@@ -1,0 +1,188 @@
+"""``NaturalGradient``: steepest descent in distribution space, as a ``torch.optim.Optimizer``.
+
+The Euclidean step argmin_{‖d‖ ≤ ε} L(θ + d) ignores what the parameters mean. Measuring the step
+by the change of the model's predictive distribution instead, KL[p_θ ‖ p_{θ+d}] ≈ ½ dᵀF d ≤ ε,
+gives (Lagrange) d ∝ −F⁻¹∇L, the natural gradient (Amari 1998). Per step, with F̂ the curvature
+estimate of the chosen structure and λ the damping:
+
+    n = (F̂ + λI)⁻¹ (∇L + η θ)                 (η = weight_decay)
+    b ← μ b + n ;  Δ = −lr · b                  (μ = momentum)
+    Δ ← Δ · min(1, √(κ / (½ ΔᵀF̂Δ)))            (κ = kl_clip, the KL trust region)
+    θ ← θ + Δ
+
+Example::
+
+    opt = fk.optim.NaturalGradient(model, lr=0.1, structure="kfac", likelihood="categorical")
+    for x, y in loader:
+        opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import FisherkitError, NonFiniteError
+from .damping import check_fraction, check_positive, levenberg_marquardt
+from .preconditioner import Preconditioner
+
+
+class NaturalGradient(torch.optim.Optimizer):
+    """Natural-gradient descent with a KFAC / EKFAC / diagonal / dense / implicit (CG) Fisher.
+
+    Args (beyond ``Preconditioner``'s ``structure, kind, likelihood, damping, update_every,
+    inv_every, ema, pi_damping, mc_samples, loss_reduction, cg_iters, seed``):
+        lr: step size (> 0); per param group.
+        momentum, weight_decay: heavy-ball momentum on the natural gradient; L2 added to the
+            gradient before preconditioning. Per param group.
+        kl_clip: bound κ on ½ΔᵀF̂Δ (None: no trust region).
+        adaptive_damping: Levenberg–Marquardt rule every ``lm_every`` steps (needs ``closure``).
+        skip_nonfinite: skip (and count in ``skipped_steps``) steps whose loss or gradient is not
+            finite, instead of raising ``NonFiniteError``.
+        diagnostics: record per step the cosine between ∇L and the natural gradient, the KL the
+            quadratic model predicts (½ΔᵀF̂Δ) and the KL actually moved on the batch
+            (``fk.kl_divergence``), in ``history``.
+        params: param groups (iterable of tensors or dicts) — default: the model's trainable ones.
+    """
+
+    def __init__(self, model, lr=0.1, structure="kfac", kind="mc", damping=1e-3, update_every=10, ema=0.95,
+                 kl_clip=None, momentum=0.0, weight_decay=0.0, likelihood="categorical", inv_every=None,
+                 adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
+                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, seed=0, params=None):
+        check_positive("lr", lr)
+        check_positive("kl_clip", kl_clip, allow_none=True)
+        check_fraction("momentum", momentum)
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise FisherkitError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+        if not (0 < lm_omega < 1):
+            raise FisherkitError(f"lm_omega must be in (0, 1); got {lm_omega!r}")
+        if params is None:
+            params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        for g in self.param_groups:
+            check_positive("lr", g["lr"])
+        tensors = [p for g in self.param_groups for p in g["params"]]
+        self.pre = Preconditioner(model, structure=structure, kind=kind, likelihood=likelihood, damping=damping,
+                                  update_every=update_every, inv_every=inv_every, ema=ema, pi_damping=pi_damping,
+                                  mc_samples=mc_samples, loss_reduction=loss_reduction, cg_iters=cg_iters,
+                                  seed=seed, params=tensors)
+        self.model, self.kl_clip = model, kl_clip
+        self.adaptive_damping, self.lm_every, self.lm_omega = adaptive_damping, lm_every, lm_omega
+        self.skip_nonfinite, self.diagnostics = skip_nonfinite, diagnostics
+        self.skipped_steps = 0
+        self.history: list[dict] = []
+        self._name = {id(p): n for n, p in self.pre.params.items()}
+
+    @property
+    def damping(self) -> float:
+        return self.pre.damping
+
+    def _nonfinite(self, what: str):
+        if self.skip_nonfinite:
+            self.skipped_steps += 1
+            self.pre.recorder.batch = None
+            return True
+        raise NonFiniteError(f"{what} is not finite (NaN or inf); lower the learning rate, check the data, "
+                             "or pass skip_nonfinite=True to skip such steps")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One natural-gradient step; ``closure`` (re-evaluates the loss, calls backward) is optional."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.adaptive_damping and closure is None:
+            raise FisherkitError("adaptive_damping=True needs step(closure): the reduction ratio re-evaluates the loss")
+        if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
+            if self._nonfinite(f"the loss ({float(loss)})"):
+                return loss
+        grads = self.pre.grads()
+        group_of = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                n = self._name[id(p)]
+                group_of[n] = group
+                if group["weight_decay"] and p.grad is not None:
+                    grads[n] = grads[n] + group["weight_decay"] * p
+        bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+        if bad and self._nonfinite(f"the gradient of {bad[0]!r}"):
+            return loss
+        nat = self.pre.compute(grads)
+        delta = {}
+        for n, p in self.pre.params.items():
+            group = group_of[n]
+            d = nat[n]
+            if group["momentum"]:
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = d.clone()
+                else:
+                    st["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                d = st["momentum_buffer"]
+            delta[n] = -group["lr"] * d
+        q = None
+        if self.kl_clip is not None or self.adaptive_damping or self.diagnostics:
+            q = float(self.pre.quad(delta))
+        if self.kl_clip is not None and 0.5 * q > self.kl_clip:
+            nu = math.sqrt(self.kl_clip / (0.5 * q))
+            delta = {n: d * nu for n, d in delta.items()}
+            q = q * nu * nu
+        old = {n: p.detach().clone() for n, p in self.pre.params.items()} if self.diagnostics else None
+        for n, p in self.pre.params.items():
+            p.add_(delta[n])
+        if self.adaptive_damping and (self.pre.steps - 1) % self.lm_every == 0:
+            self._levenberg_marquardt(closure, loss, grads, delta, q)
+        if self.diagnostics:
+            self._record(grads, nat, q, old)
+        return loss
+
+    def _levenberg_marquardt(self, closure, loss, grads, delta, q):
+        """ρ = (L(θ+Δ) − L(θ)) / (gᵀΔ + ½ΔᵀF̂Δ); λ shrinks when ρ > ¾, grows when ρ < ¼."""
+        model_red = sum(float((grads[n] * delta[n]).sum()) for n in delta) + 0.5 * q
+        saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.pre.params.items()}
+        self.pre.recorder.busy = True
+        try:
+            with torch.enable_grad():
+                new_loss = float(closure())
+        finally:
+            self.pre.recorder.busy = False
+        for n, p in self.pre.params.items():
+            p.grad = saved[n]
+        rho = (new_loss - float(loss)) / model_red if model_red < 0 else float("nan")
+        self.pre.damping = levenberg_marquardt(self.pre.damping, rho, self.lm_omega)
+        self.last_rho = rho
+
+    def _record(self, grads, nat, q, old):
+        from ..api import kl_divergence
+
+        g = torch.cat([grads[n].reshape(-1) for n in grads])
+        ng = torch.cat([nat[n].reshape(-1) for n in grads])
+        cos = float(g @ ng / (g.norm() * ng.norm()).clamp_min(1e-300))
+        entry = {"step": self.pre.steps - 1, "cos_angle": cos, "kl_model": 0.5 * q, "damping": self.pre.damping}
+        x = self.pre.recorder.last_x
+        if x is not None:
+            new = {n: p.detach() for n, p in self.pre.params.items()}
+            self.pre.recorder.busy = True
+            try:
+                entry["kl_measured"] = float(kl_divergence(self.model, old, new, [(x,)], likelihood=self.pre.lik))
+            finally:
+                self.pre.recorder.busy = False
+        self.history.append(entry)
+
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self):
+        """torch's state (param groups, momentum buffers) plus the curvature, counters and RNG state."""
+        sd = super().state_dict()
+        sd["fisherkit"] = {"preconditioner": self.pre.state_dict(), "skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        sd = dict(state_dict)
+        extra = sd.pop("fisherkit", None)
+        if extra is None:
+            raise FisherkitError("this state_dict was not written by NaturalGradient (no 'fisherkit' entry)")
+        super().load_state_dict(sd)
+        self.pre.load_state_dict(extra["preconditioner"])
+        self.skipped_steps = int(extra["skipped_steps"])
