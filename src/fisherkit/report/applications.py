@@ -1,0 +1,128 @@
+"""Sections 3–5 — the applications, each run by its own package's experiment in quick or full mode.
+
+3. natural gradient vs SGD vs Adam (``fisherkit.optim.experiment``),
+4. EWC vs fine-tuning vs L2 (``fisherkit.continual.experiment``),
+5. EGL active learning vs baselines (``fisherkit.active.experiment``).
+
+The report only calls their public ``run_*`` / ``plot_*`` functions and summarises what they return;
+the experiments themselves (models, data, budgets) are documented on their own docs pages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from typing import Any
+
+from .registry import Context, SectionResult, flat_numbers, section
+
+
+def find(module_names: tuple[str, ...], attr: str):
+    """The first ``attr`` found in the given modules (a clear error naming them all otherwise)."""
+    tried = []
+    for name in module_names:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not (e.name and name.startswith(e.name)):  # the module exists but an import inside it failed
+                raise
+            tried.append(f"{name} (missing)")
+            continue
+        if hasattr(mod, attr):
+            return getattr(mod, attr)
+        tried.append(f"{name} (no {attr})")
+    raise RuntimeError(f"{attr} is not available yet: looked in {', '.join(tried)}")
+
+
+def call(func, ctx: Context, **extra) -> Any:
+    """Call ``func`` with the run's quick/seed/progress settings, passing only what it accepts."""
+    offered = {"quick": ctx.quick, "seed": ctx.seed, "progress": ctx.progress, **extra}
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return func(**offered)
+    return func(**{k: v for k, v in offered.items() if k in params})
+
+
+def scalars(results: Any, limit: int = 200) -> dict:
+    """The finite scalar numbers (and short strings) in a nested result, flattened, at most ``limit``."""
+    out = {}
+    for k, v in flat_numbers(results).items():
+        if isinstance(v, bool) or isinstance(v, int) or (isinstance(v, str) and len(v) < 80):
+            out[k] = v
+        elif isinstance(v, float) and math.isfinite(v):
+            out[k] = v
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _fmt(x: float, pct: bool = False) -> str:
+    return f"{100 * x:.1f} %" if pct else f"{x:.4g}"
+
+
+# ---- 3. natural gradient ---------------------------------------------------------------------
+@section("natural_gradient", "3. Natural gradient vs SGD vs Adam", order=3, aliases=("ngd", "optim"))
+def natural_gradient_section(ctx: Context) -> SectionResult:
+    mods = ("fisherkit.optim.experiment",)
+    results = call(find(mods, "run_comparison"), ctx)
+    fig = find(mods, "plot_curves")(results)
+    numbers = scalars(results)
+    return SectionResult(
+        title="3. Natural gradient vs SGD vs Adam",
+        text="<p>Training loss curves of the same model and data with each optimizer.</p>",
+        numbers=numbers,
+        figures={"optimizer_loss_curves": fig},
+        headline=f"{len(numbers)} numbers",
+    )
+
+
+# ---- 4. continual learning -------------------------------------------------------------------
+def continual_summary(results: dict) -> tuple[dict, str, str]:
+    """Per method: mean average accuracy, backward transfer and forgetting; text and headline."""
+    methods = {}
+    for m, r in results["methods"].items():
+        methods[m] = {k: float(r["mean"][k]) for k in ("acc", "bwt", "forgetting")}
+        methods[m]["strength"] = r.get("strength")
+        methods[m]["final_row"] = [float(v) for v in r["R"][0][-1]]
+    rows = "".join(
+        f"<tr><td>{m}</td><td>{_fmt(v['acc'], True)}</td><td>{_fmt(v['forgetting'], True)}</td>"
+        f"<td>{_fmt(v['bwt'], True)}</td></tr>"
+        for m, v in methods.items()
+    )
+    n_tasks = len(results.get("tasks", [])) or len(next(iter(methods.values()))["final_row"])
+    text = f"""
+<p>A stream of {n_tasks} tasks ({results.get('stream', '')}, {results.get('scenario', '')}-incremental), learned one
+after the other by the same network with the same optimizer; only the regulariser differs. Entry
+R[t, j] of each accuracy matrix is the test accuracy on task j after training on task t; average
+accuracy is the mean of the last row, forgetting the mean drop from each task's best accuracy.</p>
+<table class="small"><tr><th>method</th><th>average accuracy</th><th>forgetting</th><th>backward transfer</th></tr>{rows}</table>
+"""
+    headline = ", ".join(f"{m} ACC {_fmt(v['acc'], True)} / forg. {_fmt(v['forgetting'], True)}" for m, v in methods.items())
+    return {"methods": methods, "stream": results.get("stream"), "tasks": n_tasks}, text, headline
+
+
+@section("continual", "4. EWC vs fine-tuning vs L2", order=4, aliases=("ewc",))
+def continual_section(ctx: Context) -> SectionResult:
+    mods = ("fisherkit.continual.experiment", "fisherkit.continual.plots", "fisherkit.continual")
+    results = call(find(mods, "run_stream"), ctx, methods=("finetune", "l2", "ewc"))
+    fig = find(mods, "plot_accuracy_matrices")(results)
+    numbers, text, headline = continual_summary(results)
+    return SectionResult(title="4. EWC vs fine-tuning vs L2", text=text, numbers=numbers,
+                         figures={"continual_accuracy_matrices": fig}, headline=headline)
+
+
+# ---- 5. active learning ----------------------------------------------------------------------
+@section("active", "5. Active learning: EGL vs baselines", order=5, aliases=("active_learning", "egl"))
+def active_section(ctx: Context) -> SectionResult:
+    mods = ("fisherkit.active.experiment", "fisherkit.active.plots", "fisherkit.active")
+    results = call(find(mods, "run_comparison"), ctx)
+    fig = find(mods, "plot_learning_curves")(results)
+    numbers = scalars(results)
+    return SectionResult(
+        title="5. Active learning: EGL vs baselines",
+        text="<p>Test accuracy against the number of labels bought, for each query strategy.</p>",
+        numbers=numbers,
+        figures={"active_learning_curves": fig},
+        headline=f"{len(numbers)} numbers",
+    )
