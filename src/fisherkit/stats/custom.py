@@ -30,7 +30,12 @@ from .family import Family, Support
 
 
 class CustomFamily(Family):
-    """See the module docstring. ``bounds`` default to (−∞, ∞) for every parameter."""
+    """See the module docstring. ``bounds`` default to (−∞, ∞) for every parameter.
+
+    Scores and Hessians first try per-observation copies of θ (each parameter an (N,) tensor,
+    which any elementwise torch code handles) and fall back to ``torch.func`` otherwise."""
+
+    elementwise_params = True
 
     def __init__(
         self,

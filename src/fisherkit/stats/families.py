@@ -120,12 +120,17 @@ class Categorical(Family):
     def __repr__(self):
         return f"Categorical({self.k})"
 
+    elementwise_params = True
+
     def _full(self, theta):
-        return torch.cat([theta, (1 - theta.sum()).reshape(1)])
+        """All k probabilities: shape (k,) for θ of shape (k−1,), or (N, k) for per-observation
+        copies of θ of shape (k−1, N)."""
+        full = torch.cat([theta, 1 - theta.sum(0, keepdim=True)])
+        return full if full.ndim == 1 else full.T
 
     def logpdf(self, x, theta):
         onehot = (x.reshape(-1, 1) == torch.arange(self.k, dtype=x.dtype)).to(x.dtype)
-        return _xlogy(onehot, self._full(theta)).sum(-1)
+        return _xlogy(onehot, self._full(theta).expand_as(onehot)).sum(-1)
 
     def check_params(self, params):
         theta = super().check_params(params)
@@ -204,7 +209,7 @@ class Multinomial(Categorical):
 
     def logpdf(self, x, theta):
         logc = torch.lgamma(torch.tensor(self.n + 1.0, dtype=x.dtype)) - torch.lgamma(x + 1).sum(-1)
-        return logc + _xlogy(x, self._full(theta)).sum(-1)
+        return logc + _xlogy(x, self._full(theta).expand_as(x)).sum(-1)
 
     def closed_form_fisher(self, theta):
         return self.n * super().closed_form_fisher(theta)

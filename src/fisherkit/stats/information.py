@@ -40,8 +40,13 @@ def score_and_hessian(family: Family, x, theta) -> tuple[torch.Tensor, torch.Ten
     x = torch.as_tensor(np.asarray(x, dtype=float), dtype=DTYPE)
     theta = torch.as_tensor(np.asarray(theta, dtype=float), dtype=DTYPE)
 
-    if getattr(family, "elementwise_params", False) and x.ndim == 1:
-        return _score_and_hessian_elementwise(family, x, theta)
+    if getattr(family, "elementwise_params", False):
+        try:
+            out = _score_and_hessian_elementwise(family, x, theta)
+        except (RuntimeError, TypeError, IndexError):  # logpdf does not broadcast per-observation θ
+            out = None
+        if out is not None and out[0].shape == (len(x),):
+            return out
 
     def f(t):
         return family.logpdf(x, t)
@@ -62,7 +67,7 @@ def _score_and_hessian_elementwise(family, x, theta):
     """Fast path for families whose logpdf is elementwise in θ's entries: give every observation
     its own copy of θ (shape (p, N)), so one backward pass yields all per-observation scores and p
     more yield the Hessians (plain autograd; torch.func's per-op overhead dominates small problems)."""
-    p, n = theta.numel(), len(x)
+    p, n = theta.numel(), x.shape[0]
     tb = theta[:, None].expand(p, n).clone().requires_grad_(True)
     logp = family.logpdf(x, tb)
     (g,) = torch.autograd.grad(logp.sum(), tb, create_graph=True)

@@ -49,7 +49,7 @@ def _inv(m: np.ndarray) -> np.ndarray:
 class FitResult:
     """The result of :func:`fit`: estimates, information matrices, covariance and intervals."""
 
-    def __init__(self, family, data, params, loglik, cov_type, observed, expected, opg, boundary):
+    def __init__(self, family, data, params, loglik, cov_type, expected, boundary):
         self.family: Family = family
         self.data = data
         self.params = params
@@ -57,24 +57,44 @@ class FitResult:
         self.loglik = loglik
         self.n = len(data)
         self.cov_type = cov_type
-        self.observed_information = observed
         self.expected_information = expected
-        self.opg_information = opg
         self.boundary = boundary
+        self._score_stats = None
         self.cramer_rao = _inv(expected)
         if boundary:
             self.cov = np.full((len(params), len(params)), np.nan)
         elif cov_type == "expected":
             self.cov = self.cramer_rao
         elif cov_type == "observed":
-            self.cov = _inv(observed)
+            self.cov = _inv(self.observed_information)
         elif cov_type == "opg":
-            self.cov = _inv(opg)
+            self.cov = _inv(self.opg_information)
         else:
-            j_inv = _inv(observed)
-            self.cov = j_inv @ opg @ j_inv
+            j_inv = _inv(self.observed_information)
+            self.cov = j_inv @ self.opg_information @ j_inv
         with np.errstate(invalid="ignore"):
             self.se = np.sqrt(np.diag(self.cov))
+
+    def _scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(J, Σ s sᵀ) by autodiff, computed on first use (cov_type="expected" never needs them)."""
+        if self._score_stats is None:
+            p = len(self.params)
+            if self.boundary:
+                self._score_stats = (np.full((p, p), np.nan), np.full((p, p), np.nan))
+            else:
+                _, s, h = score_and_hessian(self.family, self.data, self.params)
+                self._score_stats = (-h.sum(0).numpy(), (s.T @ s).numpy())
+        return self._score_stats
+
+    @property
+    def observed_information(self) -> np.ndarray:
+        """J = −Σ_i ∇² log p(x_i | θ̂) (p × p); NaN on the boundary."""
+        return self._scores()[0]
+
+    @property
+    def opg_information(self) -> np.ndarray:
+        """Σ_i s_i s_iᵀ at θ̂, the outer product of the scores (p × p)."""
+        return self._scores()[1]
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald") -> np.ndarray:
         """(p, 2) array of 1−α intervals, ``method="wald"`` or ``"profile"``.
@@ -146,7 +166,6 @@ def fit(family: Family, data, cov_type: str = "expected") -> FitResult:
             f"{family.name}: the likelihood is unbounded at θ = {theta.tolist()} (are all observations equal?)"
         )
     boundary = family.on_boundary(theta)
-    p = family.num_params
     if boundary:
         warnings.warn(
             f"{family.name}: the MLE {dict(zip(family.param_names, theta.round(12).tolist()))} is on the "
@@ -156,11 +175,7 @@ def fit(family: Family, data, cov_type: str = "expected") -> FitResult:
             BoundaryWarning,
             stacklevel=2,
         )
-        nan = np.full((p, p), np.nan)
-        observed = expected = opg = nan
+        expected = np.full((family.num_params, family.num_params), np.nan)
     else:
-        _, s, h = score_and_hessian(family, x, theta)
-        observed = -h.sum(0).numpy()
-        opg = (s.T @ s).numpy()
         expected = len(x) * family.fisher_information(theta)
-    return FitResult(family, x, theta, loglik, cov_type, observed, expected, opg, boundary)
+    return FitResult(family, x, theta, loglik, cov_type, expected, boundary)
