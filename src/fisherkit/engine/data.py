@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -34,12 +34,21 @@ def iterate_batches(
     Floating inputs are cast to the model's ``dtype``; integer inputs (token ids) are left as they
     are. Raises ``FisherkitError`` when no data arrives at all.
     """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        X_all, y_all = data
-        if X_all.shape[0] != y_all.shape[0]:
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], torch.Tensor)
+        and (isinstance(data[1], torch.Tensor) or data[1] is None)
+    ):
+        X_all, y_all = data  # labels may be None (enough for kind="exact" or "mc")
+        if y_all is None:
+            bs = batch_size or 128
+            batches = [(X_all[s : s + bs], None) for s in range(0, X_all.shape[0], bs)]
+        elif X_all.shape[0] != y_all.shape[0]:
             raise ShapeError(f"inputs have {X_all.shape[0]} rows but labels have {y_all.shape[0]}")
-        bs = batch_size or 128
-        batches: Iterable = [(X_all[s : s + bs], y_all[s : s + bs]) for s in range(0, X_all.shape[0], bs)]
+        else:
+            bs = batch_size or 128
+            batches = [(X_all[s : s + bs], y_all[s : s + bs]) for s in range(0, X_all.shape[0], bs)]
     elif isinstance(data, torch.Tensor):
         raise FisherkitError("data is a single tensor; pass (inputs, labels) or a DataLoader")
     else:
