@@ -348,8 +348,8 @@ class Gamma(Family):
 
     def closed_form_mle(self, data):
         s = math.log(data.mean()) - np.mean(np.log(data))
-        if s <= 1e-13:  # all observations equal: the shape diverges
-            return None
+        if s <= 1e-13:
+            raise FisherkitError("Gamma: all observations are equal, so the MLE does not exist (shape → ∞)")
         f = lambda a: math.log(a) - special.digamma(a) - s  # decreasing from +inf to 0
         lo, hi = 1e-8, 1.0
         while f(hi) > 0:
@@ -387,7 +387,7 @@ class Beta(Family):
     def initial_params(self, data):
         m, v = data.mean(), data.var()
         if v <= 0:
-            return None
+            raise FisherkitError("Beta: all observations are equal, so the MLE does not exist (a, b → ∞)")
         c = m * (1 - m) / v - 1
         return np.array([m * c, (1 - m) * c]) if c > 0 else np.array([1.0, 1.0])
 

@@ -11,9 +11,10 @@ method. Covariances: ``"nonrobust"`` (XᵀWX)⁻¹ and ``"HC0"`` (XᵀWX)⁻¹ X
 * ``LogisticRegression``: y ∈ {0, 1}, μ = σ(η), V = μ(1 − μ).
 * ``PoissonRegression``: y ∈ {0, 1, 2, …}, μ = exp(η), V = μ.
 
-Before iterating we check that the MLE exists: a rank-deficient X (the dependent columns are
-named) and perfect or quasi-perfect separation (a linear program finds a direction β along which the
-likelihood keeps increasing) raise errors instead of reporting infinite coefficients.
+A rank-deficient X raises before fitting (the dependent columns are named). When the fit looks
+degenerate (fitted means at the edge of their range, no convergence), a linear program decides
+whether the MLE exists; perfect or quasi-perfect separation — a direction β along which the
+likelihood keeps increasing — raises ``SeparationError`` instead of reporting infinite coefficients.
 """
 
 from __future__ import annotations
@@ -120,7 +121,35 @@ class _GLM:
         if self.cov_type not in ("nonrobust", "HC0"):
             raise FisherkitError(f"cov_type must be 'nonrobust' or 'HC0', got {self.cov_type!r}")
         X, y, offset, names = self._prepare(X, y, offset)
-        self._check_existence(X, y, names)
+        try:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                beta, mu, ll, it, converged = self._irls(X, y, offset)
+        except np.linalg.LinAlgError:
+            beta = None
+        # the existence check (a linear program) runs only when the fit looks degenerate:
+        # separation drives fitted means to the edge of their range and coefficients to ±∞
+        if beta is None or not converged or not np.isfinite(beta).all() or self._degenerate(mu):
+            self._check_existence(X, y, names)
+        if beta is None or not np.isfinite(beta).all():
+            raise FisherkitError(f"{type(self).__name__}: Fisher scoring failed (non-finite coefficients)")
+        if not converged:
+            warnings.warn(f"{type(self).__name__}: Fisher scoring did not converge in {self.max_iter} iterations",
+                          RuntimeWarning, stacklevel=2)
+        self.params = beta
+        self.feature_names_ = names
+        self.n_iter = it
+        self.converged = converged
+        self.loglik = float(ll)
+        self.nobs = len(y)
+        self._X, self._y, self._mu = X, y, mu
+        w = self._variance(mu)
+        self.fisher_information_ = X.T @ (w[:, None] * X)
+        return self
+
+    def _degenerate(self, mu) -> bool:
+        raise NotImplementedError
+
+    def _irls(self, X, y, offset):
         beta = np.linalg.lstsq(X, self._start_eta(y) - offset, rcond=None)[0]
         eta = X @ beta + offset
         mu = self._mean(eta)
@@ -143,19 +172,7 @@ class _GLM:
             if change < self.tol and np.abs(step).max() < 1e-8 * (1 + np.abs(beta).max()):
                 converged = True
                 break
-        if not converged:
-            warnings.warn(f"{type(self).__name__}: Fisher scoring did not converge in {self.max_iter} iterations",
-                          RuntimeWarning, stacklevel=2)
-        self.params = beta
-        self.feature_names_ = names
-        self.n_iter = it
-        self.converged = converged
-        self.loglik = float(ll)
-        self.nobs = len(y)
-        self._X, self._y, self._mu = X, y, mu
-        w = self._variance(mu)
-        self.fisher_information_ = X.T @ (w[:, None] * X)
-        return self
+        return beta, mu, ll, it, converged
 
     def _start_eta(self, y):
         raise NotImplementedError
@@ -252,6 +269,9 @@ class LogisticRegression(_GLM):
     def _start_eta(self, y):
         return special.logit((y + 0.5) / 2)
 
+    def _degenerate(self, mu):
+        return bool(np.min(np.minimum(mu, 1 - mu)) < 1e-8)
+
     def _check_y(self, y):
         bad = (y != 0) & (y != 1)
         if bad.any():
@@ -302,6 +322,9 @@ class PoissonRegression(_GLM):
 
     def _start_eta(self, y):
         return np.log((y + y.mean()) / 2 + 1e-3)
+
+    def _degenerate(self, mu):
+        return bool(np.min(mu) < 1e-8)
 
     def _check_y(self, y):
         bad = (y < 0) | (y != np.round(y))

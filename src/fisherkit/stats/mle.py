@@ -161,7 +161,7 @@ def fit(family: Family, data, cov_type: str = "expected") -> FitResult:
     if not np.isfinite(theta).all():
         raise FisherkitError(f"{family.name}: the MLE is not finite ({theta.tolist()})")
     loglik = float(family.log_prob_unchecked(x, theta).sum())
-    if loglik == np.inf:
+    if loglik == np.inf or np.isnan(loglik):
         raise FisherkitError(
             f"{family.name}: the likelihood is unbounded at θ = {theta.tolist()} (are all observations equal?)"
         )

@@ -1,0 +1,144 @@
+"""Every user mistake raises the right FisherkitError subclass with a message that says what is wrong."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import fisherkit as fk
+from fisherkit.errors import FisherkitError, NonFiniteError, ShapeError, SupportError
+from fisherkit.stats import families as F
+
+
+@pytest.mark.parametrize(
+    "family, data, match",
+    [
+        (F.Poisson(), [3, -1, 4], r"value -1.0 at index 1"),
+        (F.Poisson(), [3, 1.5], r"value 1.5 at index 1"),
+        (F.Bernoulli(), [0, 1, 2], r"value 2.0 at index 2.*\{0, 1\}"),
+        (F.Binomial(10), [3, 12], r"value 12.0 at index 1.*exceed n=10"),
+        (F.Geometric(), [1, 0], r"value 0.0 at index 1"),
+        (F.Exponential(), [1.0, -2.0], r"value -2.0 at index 1"),
+        (F.Beta(), [0.5, 1.0], r"value 1.0 at index 1"),
+        (F.Categorical(3), [0, 3], r"value 3.0 at index 1"),
+        (F.Multinomial(4, 3), [[1, 2, 1], [1, 1, 1]], r"index 1.*summing to n=4"),
+    ],
+    ids=lambda v: v.name if hasattr(v, "name") else None,
+)
+def test_data_outside_the_support(family, data, match):
+    with pytest.raises(SupportError, match=match):
+        fk.stats.fit(family, data)
+
+
+def test_non_finite_and_empty_data():
+    with pytest.raises(NonFiniteError, match="index 2"):
+        fk.stats.fit(F.Normal(), [1.0, 2.0, np.nan])
+    with pytest.raises(NonFiniteError, match="index 0"):
+        fk.stats.fit(F.Poisson(), [np.inf])
+    with pytest.raises(FisherkitError, match="empty"):
+        fk.stats.fit(F.Poisson(), [])
+    with pytest.raises(FisherkitError, match="numbers"):
+        fk.stats.fit(F.Poisson(), ["a", "b"])
+    with pytest.raises(ShapeError):
+        fk.stats.fit(F.Poisson(), np.ones((3, 2)))
+    with pytest.raises(ShapeError, match="shape"):
+        fk.stats.fit(F.Multinomial(4, 3), [[1, 3]])
+
+
+def test_bad_parameters_and_options():
+    with pytest.raises(FisherkitError, match="outside"):
+        F.Bernoulli().fisher_information(1.5)
+    with pytest.raises(ShapeError, match="2 parameter"):
+        F.Normal().fisher_information([1.0])
+    with pytest.raises(NonFiniteError):
+        F.Poisson().fisher_information(np.nan)
+    with pytest.raises(FisherkitError, match="sum to more than 1"):
+        F.Categorical(3).fisher_information([0.7, 0.6])
+    with pytest.raises(FisherkitError, match="positive integer"):
+        F.Binomial(0)
+    with pytest.raises(FisherkitError, match="cov_type"):
+        fk.stats.fit(F.Poisson(), [1, 2], cov_type="robust")
+    with pytest.raises(FisherkitError, match="alpha"):
+        fk.stats.fit(F.Poisson(), [1, 2]).conf_int(alpha=1.5)
+    with pytest.raises(FisherkitError, match="method"):
+        fk.stats.fit(F.Poisson(), [1, 2]).conf_int(method="score")
+
+
+def test_degenerate_samples():
+    with pytest.raises(FisherkitError, match="unbounded"):
+        fk.stats.fit(F.Normal(), [2.0, 2.0, 2.0])  # σ̂ = 0
+    with pytest.raises(FisherkitError, match="does not exist"):
+        fk.stats.fit(F.Beta(), [0.3, 0.3, 0.3])  # a, b → ∞
+
+
+def test_boundary_mle_is_reported_not_hidden():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = fk.stats.fit(F.Bernoulli(), [1, 1, 1, 1])
+    assert any("boundary" in str(w.message) and "diverges" in str(w.message) for w in caught)
+    assert np.isnan(res.se).all() and np.isnan(res.cov).all()
+    with pytest.raises(FisherkitError, match="profile"):
+        res.conf_int(method="wald")
+    lo, hi = res.conf_int(method="profile")[0]
+    assert hi == 1.0 and 0 < lo < 1
+
+
+def test_custom_family_mistakes():
+    with pytest.raises(FisherkitError, match="bounds"):
+        fk.stats.Family.from_logpdf(lambda x, a: x, ["a", "b"], bounds=[(0, 1)])
+    with pytest.raises(FisherkitError, match="function"):
+        fk.stats.Family.from_logpdf("not a function", ["a"])
+    fam = fk.stats.Family.from_logpdf(lambda x, a: -(x - a) ** 2 / 2 - 0.5 * math.log(2 * math.pi), ["a"])
+    with pytest.raises(FisherkitError, match="no sampler"):
+        fam.sample([0.0], 10)
+
+
+# ------------------------------------------------------------------------------ GLMs
+
+def test_glm_shape_and_value_errors():
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    y = np.r_[np.zeros(5), np.ones(5)]
+    with pytest.raises(ShapeError, match="10 rows but y has 9"):
+        fk.stats.LogisticRegression().fit(X, y[:9])
+    with pytest.raises(FisherkitError, match="empty"):
+        fk.stats.LogisticRegression().fit(np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(SupportError, match=r"y\[3\] = 2"):
+        fk.stats.LogisticRegression().fit(X, np.r_[0, 1, 0, 2, 1, 0, 1, 0, 1, 0])
+    with pytest.raises(SupportError, match=r"y\[1\] = -1"):
+        fk.stats.PoissonRegression().fit(X, np.r_[0, -1, 2, 3, 1, 0, 1, 0, 1, 0])
+    Xn = X.copy()
+    Xn[4, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="row 4, column x1"):
+        fk.stats.LogisticRegression().fit(Xn, y)
+    with pytest.raises(NonFiniteError, match="index 0"):
+        fk.stats.PoissonRegression().fit(X, np.r_[np.inf, np.ones(9)])
+    with pytest.raises(FisherkitError, match="not fitted"):
+        fk.stats.LogisticRegression().bse
+
+
+def test_rank_deficient_design_names_the_columns():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    X = np.column_stack([X, X[:, 0] - 2 * X[:, 2]])
+    y = rng.binomial(1, 0.5, 30)
+    with pytest.raises(FisherkitError, match=r"rank 4 < 5.*age, weight, bmi"):
+        fk.stats.LogisticRegression(feature_names=["age", "height", "weight", "bmi"]).fit(X, y)
+    with pytest.raises(FisherkitError, match=r"const, x0"):  # a constant column duplicates the intercept
+        fk.stats.PoissonRegression().fit(np.column_stack([np.ones(30), X[:, 1]]), rng.poisson(2, 30))
+
+
+def test_perfect_separation_is_detected_not_reported_as_infinite():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    with pytest.raises(fk.stats.SeparationError, match="complete.*dose") as err:
+        fk.stats.LogisticRegression(feature_names=["dose"]).fit(x, [0, 0, 0, 1, 1, 1])
+    assert "infinite" in str(err.value) and isinstance(err.value, FisherkitError)
+    with pytest.raises(fk.stats.SeparationError, match="quasi-complete"):
+        fk.stats.LogisticRegression().fit(np.array([1.0, 2, 3, 3, 4, 5]), [0, 0, 0, 1, 1, 1])
+    with pytest.raises(fk.stats.SeparationError, match="every y is 1"):
+        fk.stats.LogisticRegression().fit(x, np.ones(6))
+    with pytest.raises(fk.stats.SeparationError, match="Poisson MLE does not exist"):
+        fk.stats.PoissonRegression().fit(x, np.zeros(6))
+    # not separated: overlapping classes fit normally
+    m = fk.stats.LogisticRegression().fit(x, [0, 1, 0, 1, 0, 1])
+    assert m.converged and np.isfinite(m.bse).all()
