@@ -96,7 +96,7 @@ class NaturalGradient(torch.optim.Optimizer):
         if self.adaptive_damping and closure is None:
             raise FisherkitError("adaptive_damping=True needs step(closure): the reduction ratio re-evaluates the loss")
         if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
-            if self._nonfinite(f"the loss ({float(loss)})"):
+            if self._nonfinite(f"the loss ({float(torch.as_tensor(loss).detach())})"):
                 return loss
         grads = self.pre.grads()
         group_of = {}
@@ -145,12 +145,12 @@ class NaturalGradient(torch.optim.Optimizer):
         self.pre.recorder.busy = True
         try:
             with torch.enable_grad():
-                new_loss = float(closure())
+                new_loss = float(torch.as_tensor(closure()).detach())
         finally:
             self.pre.recorder.busy = False
         for n, p in self.pre.params.items():
             p.grad = saved[n]
-        rho = (new_loss - float(loss)) / model_red if model_red < 0 else float("nan")
+        rho = (new_loss - float(torch.as_tensor(loss).detach())) / model_red if model_red < 0 else float("nan")
         self.pre.damping = levenberg_marquardt(self.pre.damping, rho, self.lm_omega)
         self.last_rho = rho
 
