@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -85,9 +86,9 @@ def test_report_renders_in_chromium(quick_report, browser, tmp_path):
                             probe_page.as_uri())
     finally:
         probe_page.unlink()
-    m = re.search(r"PROBE(.*?)EBORP", proc.stdout, re.S)
+    m = re.search(r'<pre id="fisherkit-probe">PROBE(.*?)EBORP</pre>', proc.stdout, re.S)
     assert m, f"Chromium gave no probe output (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    report = json.loads(m.group(1))
+    report = json.loads(html.unescape(m.group(1)))
     n_figures = sum(len(s["figures"]) for s in results["sections"].values())
     assert report["images"] == n_figures
     assert report["loaded"] == report["images"], f"only {report['loaded']} of {report['images']} images loaded"

@@ -31,7 +31,8 @@ def test_demo_exits_cleanly_and_writes_the_report(quick_report):
     assert (out / "index.html").is_file() and (out / "results.json").is_file()
     assert list(results["sections"]) == ALL_KEYS
     assert results["ok"] is True and results["quick"] is True and results["seed"] == 0
-    assert seconds < 180 * 1.5, f"--quick took {seconds:.0f} s (target 180 s on 2 idle cores)"
+    # target: ≤ 180 s wall on 2 idle cores; wall time on a shared machine is noise, CPU time is not
+    assert seconds["cpu"] < 180, f"--quick used {seconds['cpu']:.0f} s of CPU (wall {seconds['wall']:.0f} s)"
 
 
 @pytest.mark.parametrize("key", ALL_KEYS)
@@ -138,3 +139,37 @@ def test_spectrum_errors_are_ordered(quick_report):
     assert n["trace"] >= n["top_eigenvalue"] > 0
     assert 0 < n["trace_share_top10"] <= 1
     assert 10 < n["eigenvalues_above_1e-3_top"] <= n["parameters"]
+
+
+def test_continual_numbers_agree_with_their_accuracy_matrices(quick_report):
+    n = _section(quick_report, "continual")
+    methods = n["methods"]
+    assert set(methods) == {"finetune", "l2", "ewc"}
+    for m, v in methods.items():
+        row = np.array(v["final_row"])
+        assert len(row) == n["tasks"] >= 2
+        assert ((row >= 0) & (row <= 1)).all()
+        assert v["acc"] == pytest.approx(row.mean())  # average accuracy = mean of R's last row
+        assert 0 <= v["forgetting"] <= 1 and -1 <= v["bwt"] <= 1
+    # what EWC is for: it forgets less than plain fine-tuning
+    assert methods["ewc"]["forgetting"] < methods["finetune"]["forgetting"]
+
+
+def test_natural_gradient_curves_are_like_for_like_and_summaries_consistent(quick_report):
+    n = _section(quick_report, "natural_gradient")
+    assert n["problems"], "no problems were run"
+    for prob, p in n["problems"].items():
+        methods = p["methods"]
+        assert {"sgd", "adam"} <= set(methods) and any(m in methods for m in ("kfac", "ekfac", "diag", "implicit"))
+        starts = {m: v["loss_curve"][0] for m, v in methods.items()}
+        assert max(starts.values()) - min(starts.values()) < 1e-6, f"{prob}: different initial models {starts}"
+        # the target is the worse of the two baselines' final losses (recomputed here)
+        assert p["target_loss"] == pytest.approx(max(methods["sgd"]["final_loss"], methods["adam"]["final_loss"]))
+        for m, v in methods.items():
+            curve = np.array(v["loss_curve"])
+            assert np.isfinite(curve).all() and len(curve) == n["epochs"] + 1
+            assert v["final_loss"] == pytest.approx(curve[-1])
+            assert curve[-1] < curve[0], f"{prob}/{m} did not reduce the training loss"
+            reached = [i for i, x in enumerate(curve) if x <= p["target_loss"]]
+            assert v["epochs_to_target"] == (reached[0] if reached else None)
+            assert v["seconds_per_epoch"] > 0
