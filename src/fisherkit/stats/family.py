@@ -247,6 +247,7 @@ class Family:
         Closed form when the family has one, else computed by autodiff
         (:func:`fisherkit.stats.fisher_information`).
 
+        >>> from fisherkit.stats import Bernoulli
         >>> Bernoulli().fisher_information(0.5)   # 1 / (p (1 − p))
         array([[4.]])
         """
