@@ -39,6 +39,21 @@ def check_batchnorm(model: nn.Module, allow_batchnorm_train: bool) -> None:
             )
 
 
+class _BatchNormEval:
+    """Inside: BatchNorm layers in training mode use running statistics (per-sample path only)."""
+
+    def __init__(self, model):
+        self.mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+    def __enter__(self):
+        for m in self.mods:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.train()
+
+
 def _output_grads(out, zs, v):
     if v.shape[0] == 1:
         gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=False)
@@ -110,7 +125,8 @@ def gather(
                     raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
                 stats.hook.append((u, a, g))
         if plan.func_names and need_func:
-            grads = persample_grads(model, plan.func_names, x, v, max_memory)
+            with _BatchNormEval(model):
+                grads = persample_grads(model, plan.func_names, x, v, max_memory)
             for n, g in grads.items():
                 if not torch.isfinite(g).all():
                     raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
