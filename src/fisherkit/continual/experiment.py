@@ -174,9 +174,10 @@ def lambda_sweep(stream: str = "permuted", methods=("ewc",), lams=(1.0, 10.0, 10
 
 
 FISHER_KINDS = ("ewc", "ewc-mc", "ewc-empirical", "ewc-sqbatch")
+FISHER_LAMS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 
 
-def fisher_comparison(stream: str = "permuted", lams=(1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0), **kw) -> dict:
+def fisher_comparison(stream: str = "permuted", lams=FISHER_LAMS, **kw) -> dict:
     """EWC with the exact, MC (1 sample), empirical and squared-batch-mean Fisher, swept over λ."""
     return lambda_sweep(stream, FISHER_KINDS, lams, **kw)
 
@@ -191,6 +192,18 @@ def format_table(results: dict) -> str:
         cells = [f"{100 * r['mean'][k]:7.2f} ± {100 * r['std'][k]:5.2f}" for k in ("acc", "bwt", "forgetting")]
         lam = "-" if r["strength"] is None else f"{r['strength']:g}"
         lines.append(f"{m:<14}{lam:>9}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_sweep(sweep: dict) -> str:
+    """Plain-text table of a λ sweep: ACC and forgetting (%, mean ± std) per method and λ."""
+    lams = sweep["lams"]
+    lines = [f"{sweep['stream']}: λ sweep, average accuracy / forgetting (%, mean ± std over seeds)",
+             f"{'method':<14}" + "".join(f"{'λ=' + format(l, 'g'):>24}" for l in lams)]
+    for m, runs in sweep["methods"].items():
+        cells = [f"{100 * runs[l]['mean']['acc']:.1f}±{100 * runs[l]['std']['acc']:.1f} / "
+                 f"{100 * runs[l]['mean']['forgetting']:.1f}±{100 * runs[l]['std']['forgetting']:.1f}" for l in lams]
+        lines.append(f"{m:<14}" + "".join(f"{c:>24}" for c in cells))
     return "\n".join(lines)
 
 
