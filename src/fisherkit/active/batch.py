@@ -131,41 +131,50 @@ class BAIT(Strategy):
             FL = _kron_fisher(Sl, hl) / n_l
             F = F + _kron_fisher(Sl, hl)
         F = F / (n + n_l)
-        eye = torch.eye(c * d, dtype=F.dtype)
-        Minv = torch.linalg.inv(self.lam * eye + FL * n_l / (n_l + k))
-        h = h * (k / (n_l + k)) ** 0.5  # U_x = S_x ⊗ h̃_x √(k/(n_L+k))
+        h = h * (k / (n_l + k)) ** 0.5  # U_x = (S_x ⊗ h̃_x) √(k/(n_L+k))
+        Minv = torch.linalg.inv(self.lam * torch.eye(c * d, dtype=F.dtype) + FL * n_l / (n_l + k))
+        # per candidate A_x = U_xᵀ M⁻¹ U_x and B_x = U_xᵀ M⁻¹ F M⁻¹ U_x, formed once with the
+        # Kronecker structure (O(N C² H²)), then kept up to date through each rank-C Woodbury step
+        # M⁻¹ ← M⁻¹ − s w wᵀ: A ← A − s z zᵀ, B ← B − s(z yᵀ + y zᵀ) + z (wᵀ F w) zᵀ with
+        # z = U_xᵀ w, y = U_xᵀ M⁻¹ F w — O(N C² (C + H)) per step.
+        St = S.transpose(1, 2)
+        A = St @ _kron_quadratic(Minv, h, c) @ S
+        B = St @ _kron_quadratic(Minv @ F @ Minv, h, c) @ S
         m = min(n, max(k, int(round(self.oversample * k))))
         chosen: list[int] = []
         taken = torch.zeros(n, dtype=torch.bool)
         I = torch.eye(c, dtype=F.dtype)
 
-        def parts(idx):
-            A = S[idx].transpose(1, 2) @ _kron_quadratic(Minv, h[idx], c) @ S[idx]
-            B = S[idx].transpose(1, 2) @ _kron_quadratic(Minv @ F @ Minv, h[idx], c) @ S[idx]
-            return A, B
+        def project(V):  # U_xᵀ V for all x: V [C·H, J] → [N, C, J]
+            T = torch.einsum("jch,nh->ncj", V.T.reshape(-1, c, d), h)
+            return St @ T
 
         def update(i, sign):
+            nonlocal Minv, A, B
             U = torch.einsum("ab,i->aib", S[i], h[i]).reshape(c * d, c)  # column b: S[:, b] ⊗ h
             MU = Minv @ U
-            return Minv - sign * MU @ torch.linalg.solve(I + sign * U.T @ MU, MU.T)
+            w = MU @ torch.linalg.cholesky(torch.linalg.inv(I + sign * (U.T @ MU)))
+            Fw = F @ w
+            z, y = project(w), project(Minv @ Fw)
+            zy = z @ y.transpose(1, 2)
+            A = A - sign * z @ z.transpose(1, 2)
+            B = B - sign * (zy + zy.transpose(1, 2)) + z @ (w.T @ Fw) @ z.transpose(1, 2)
+            Minv = Minv - sign * w @ w.T
 
-        all_idx = torch.arange(n)
         for step in range(m):
-            A, B = parts(all_idx)
-            drop = torch.linalg.solve(I + A, B).diagonal(dim1=1, dim2=2).sum(-1)
+            drop = torch.linalg.solve(I + A, B).diagonal(dim1=1, dim2=2).sum(-1)  # trace drop if added
             if step == 0:
                 self.scores_ = drop.detach().clone()
             drop[taken] = -float("inf")
             i = int(drop.argmax())
             chosen.append(i)
             taken[i] = True
-            Minv = update(i, +1.0)
+            update(i, +1.0)
         while len(chosen) > k:
             idx = torch.tensor(chosen)
-            A, B = parts(idx)
-            rise = torch.linalg.solve(I - A, B).diagonal(dim1=1, dim2=2).sum(-1)  # trace rise if removed
+            rise = torch.linalg.solve(I - A[idx], B[idx]).diagonal(dim1=1, dim2=2).sum(-1)  # trace rise if removed
             j = int(rise.argmin())
-            Minv = update(chosen[j], -1.0)
+            update(chosen[j], -1.0)
             chosen.pop(j)
         return torch.tensor(chosen, dtype=torch.long)
 
