@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from ..curvature.implicit import Implicit
-from ..engine.functional import jvp_vjp, persample_grads
+from ..engine.functional import persample_grads
 from ..engine.units import make_plan, select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
@@ -192,20 +192,40 @@ class Preconditioner:
         return st.names
 
     def _fvp_operator(self, b):
+        """F_batch as an ``Implicit`` operator: v ↦ (1/B) Jᵀ [Σ_d V_d V_dᵀ] J v.
+
+        One forward per step builds the graph; J v comes from the double-backward trick
+        (J v = ∂/∂u ⟨Jᵀu, v⟩, the R-operator of Pearlmutter 1994) and Jᵀw from a backward, so each
+        conjugate-gradient iteration costs two backward passes and no new forward.
+        """
+        from torch.func import functional_call
+
         names = self.info.names
         V = b.V.to(b.f.dtype)
-
-        def weight(f, u):
-            return (V * (V * u.unsqueeze(0)).sum(dim=tuple(range(2, V.dim())), keepdim=True)).sum(0)
+        dims = tuple(range(2, V.dim()))
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        buffers = {n: t.detach() for n, t in self.model.named_buffers()}
+        train = {n: params[n].clone().requires_grad_(True) for n in names}
+        fixed = {n: p for n, p in params.items() if n not in train}
+        self.recorder.busy = True
+        try:
+            with torch.enable_grad():
+                out = functional_call(self.model, ({**fixed, **train}, buffers), (b.x,))
+                dummy = torch.zeros_like(out, requires_grad=True)
+                jtu = torch.autograd.grad(out, list(train.values()), dummy, create_graph=True, allow_unused=True)
+        finally:
+            self.recorder.busy = False
+        pairs = [(t, v) for t, v in zip(jtu, names) if t is not None]
 
         def product(v_flat):
-            v = {k: t.reshape(s) for k, t, s in zip(names, torch.split(v_flat, self.info.numels), self.info.shapes)}
-            self.recorder.busy = True
-            try:
-                _, g = jvp_vjp(self.model, names, b.x, v, weight)
-            finally:
-                self.recorder.busy = False
-            return torch.cat([g[k].reshape(-1) for k in names]) / b.n
+            v = dict(zip(names, torch.split(v_flat, self.info.numels)))
+            with torch.enable_grad():
+                (u,) = torch.autograd.grad([t for t, _ in pairs], dummy,
+                                           [v[k].reshape(t.shape) for t, k in pairs], retain_graph=True)
+                w = (V * (V * u.unsqueeze(0)).sum(dim=dims, keepdim=True)).sum(0)
+                g = torch.autograd.grad(out, list(train.values()), w, retain_graph=True, allow_unused=True)
+            return torch.cat([(gi if gi is not None else torch.zeros_like(t)).reshape(-1)
+                              for gi, t in zip(g, train.values())]) / b.n
 
         return Implicit(self.info, b.n, self.kind, self.lik.to_config(), product, V.dtype, V.device)
 
