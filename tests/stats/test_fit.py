@@ -113,3 +113,17 @@ def test_boundary_mle_warns_and_profile_is_one_sided():
         res = fk.stats.fit(F.Poisson(), [0, 0, 0, 0])
     assert res.conf_int(method="profile")[0, 1] == pytest.approx(stats.chi2.ppf(0.95, 1) / 2 / 4, rel=1e-9)
     assert "boundary" in res.summary()
+
+
+def test_numerical_profile_matches_closed_form_for_a_custom_normal():
+    """The generic profile (nuisance σ maximised numerically) of a Normal declared from its
+    log-density alone gives the closed-form interval μ̂ ± σ̂ √(exp(χ²/n) − 1)."""
+    normal = fk.stats.Family.from_logpdf(
+        lambda x, mu, s: -0.5 * ((x - mu) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi),
+        ["mu", "sigma"], bounds=[(-math.inf, math.inf), (0, math.inf)])
+    x = F.Normal().sample([-1.0, 0.5], 30, rng=9)
+    res = fk.stats.fit(normal, x)
+    np.testing.assert_allclose(res.params, F.Normal().closed_form_mle(x), rtol=1e-9)
+    mu, sigma = res.params
+    half = sigma * math.sqrt(math.exp(stats.chi2.ppf(0.95, 1) / 30) - 1)
+    np.testing.assert_allclose(res.conf_int(0.05, "profile")[0], [mu - half, mu + half], rtol=1e-7)

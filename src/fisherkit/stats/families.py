@@ -298,6 +298,12 @@ class Normal(Family):
     def closed_form_mle(self, data):
         return np.array([data.mean(), np.sqrt(np.mean((data - data.mean()) ** 2))])
 
+    def profile_nuisance(self, data, j, value):
+        """μ fixed: σ̂(μ) = √mean((x−μ)²); σ fixed: μ̂ = x̄."""
+        if j == 0:
+            return np.array([value, np.sqrt(np.mean((data - value) ** 2))])
+        return np.array([data.mean(), value])
+
     def _sample(self, theta, size, rng):
         return rng.normal(theta[0], theta[1], size)
 

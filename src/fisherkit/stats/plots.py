@@ -61,7 +61,7 @@ def plot_loglik(family: Family, data, compare=None, param: int | str = 0, alpha:
         lows.append(ci[0] - 0.6 * width)
         highs.append(ci[1] + 0.6 * width)
     eps = 1e-9 * max(1.0, abs(hi_b - lo_b) if np.isfinite(hi_b - lo_b) else 1.0)
-    grid = np.linspace(max(min(lows), lo_b + eps), min(max(highs), hi_b - eps), 301)
+    grid = np.linspace(max(min(lows), lo_b + eps), min(max(highs), hi_b - eps), 121)
 
     if ax is None:
         fig = Figure(figsize=(6.4, 4.2))
