@@ -17,7 +17,7 @@ from .optim_fixtures import classification_data, mlp
 @pytest.mark.parametrize("structure,pi", [("kfac", False), ("ekfac", False), ("diag", False), ("dense", False)])
 def test_preconditioned_gradient_matches_core_solve(structure, pi):
     X, y = classification_data()
-    model = mlp()
+    model = mlp(hidden=6)
     lam = 1e-2
     pre = Preconditioner(model, structure=structure, kind="exact", damping=lam, ema=0.0, pi_damping=pi)
     model.zero_grad()
@@ -34,7 +34,7 @@ def test_preconditioned_gradient_matches_core_solve(structure, pi):
 
 def test_implicit_quad_matches_core_fvp():
     X, y = classification_data()
-    model = mlp()
+    model = mlp(hidden=6)
     pre = Preconditioner(model, structure="implicit", kind="exact", damping=1e-2, cg_iters=200, cg_tol=1e-12)
     model.zero_grad()
     tF.cross_entropy(model(X), y).backward()
@@ -45,22 +45,22 @@ def test_implicit_quad_matches_core_fvp():
     assert torch.allclose(got, F.solve(g, 1e-2), rtol=1e-6, atol=1e-9)
 
 
-def test_mc_kind_is_seeded_and_unbiased_in_the_mean():
-    """kind='mc': seeded (same seed → same G); averaged over many draws G approaches the exact G."""
+def test_mc_kind_is_seeded_and_unbiased():
+    """kind='mc': seeded (same seed → same G); with many label draws G approaches the exact G."""
     X, y = classification_data()
-    Gs = []
-    for seed in range(200):
-        model = mlp()
-        pre = Preconditioner(model, structure="kfac", kind="mc", ema=0.0, seed=seed)
-        model.zero_grad()
+
+    def G_of(seed, samples):
+        model = mlp(hidden=6)
+        pre = Preconditioner(model, structure="kfac", kind="mc", ema=0.0, seed=seed, mc_samples=samples)
         tF.cross_entropy(model(X), y).backward()
         pre.step()
-        Gs.append(pre.states[-1].t["G"])
-    model = mlp()
-    again = Preconditioner(model, structure="kfac", kind="mc", ema=0.0, seed=199)
-    tF.cross_entropy(model(X), y).backward()
-    again.step()
-    assert torch.equal(again.states[-1].t["G"], Gs[-1])
+        return model, pre.states[-1].t["G"]
+
+    _, G1 = G_of(5, 2)
+    _, G2 = G_of(5, 2)
+    _, G3 = G_of(6, 2)
+    assert torch.equal(G1, G2) and not torch.equal(G1, G3)
+    model, G = G_of(0, 400)
     G_exact = fk.fisher(model, (X, y), kind="exact", structure="kfac", batch_size=len(X)).factors()["2.weight"][1]
-    err = (torch.stack(Gs).mean(0) - G_exact).norm() / G_exact.norm()
-    assert err < 0.1  # Monte-Carlo error of 200 × 64 draws; measured ≈ 0.03
+    err = float((G - G_exact).norm() / G_exact.norm())
+    assert err < 0.05  # Monte-Carlo error of 400 × 64 label draws (≈ 1/√(400·64)·spread)

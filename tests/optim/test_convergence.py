@@ -26,6 +26,6 @@ def train(make_opt, steps=60, seed=0):
 def test_natural_gradient_beats_best_plain_sgd_at_equal_steps():
     """SGD gets the best of a learning-rate grid (measured: lr=3 → 0.0143 after 60 steps); KFAC with
     lr=0.3 reached 0.0105 (float64, deterministic on CPU)."""
-    sgd = min(train(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr)) for lr in (0.3, 1.0, 3.0, 10.0))
+    sgd = min(train(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr)) for lr in (1.0, 3.0, 10.0))
     ngd = train(lambda m: NaturalGradient(m, lr=0.3, structure="kfac", damping=1e-2, update_every=5))
     assert ngd < 0.85 * sgd, (ngd, sgd)
