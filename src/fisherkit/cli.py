@@ -20,7 +20,7 @@ from ._version import __version__
 from .errors import FisherkitError
 
 # Subcommand modules, in the order `fisherkit --help` lists them.
-COMMANDS: list[str] = ["stats", "demo", "ewc", "ngd", "active", "bench"]
+COMMANDS: list[str] = ["stats", "fisher", "demo", "ewc", "ngd", "active", "bench"]
 
 app = typer.Typer(
     name="fisherkit",
