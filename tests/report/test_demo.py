@@ -173,3 +173,37 @@ def test_natural_gradient_curves_are_like_for_like_and_summaries_consistent(quic
             reached = [i for i, x in enumerate(curve) if x <= p["target_loss"]]
             assert v["epochs_to_target"] == (reached[0] if reached else None)
             assert v["seconds_per_epoch"] > 0
+
+
+def _labels_to_target(n, acc, target):
+    """First crossing of ``target`` by linear interpolation between rounds (None: never)."""
+    for i, a in enumerate(acc):
+        if a >= target:
+            if i == 0:
+                return float(n[0])
+            return n[i - 1] + (target - acc[i - 1]) * (n[i] - n[i - 1]) / (a - acc[i - 1])
+    return None
+
+
+def test_active_learning_curves_and_summaries_are_consistent(quick_report):
+    n = _section(quick_report, "active")
+    labels = np.array(n["n_labels"])
+    assert (np.diff(labels) > 0).all() and len(labels) >= 3
+    strategies = n["strategies"]
+    assert {"random", "egl"} <= set(strategies)
+    for name, v in strategies.items():
+        acc = np.array(v["acc_curve"])
+        assert len(acc) == len(labels) and ((acc >= 0) & (acc <= 1)).all()
+        assert v["final_acc"] == pytest.approx(acc[-1])
+        # AULC = area under the learning curve / its width (trapezoid rule, recomputed here)
+        assert v["aulc"] == pytest.approx(np.trapezoid(acc, labels) / (labels[-1] - labels[0]), rel=1e-9)
+        expected = _labels_to_target(labels, acc, n["target"])
+        if expected is None:
+            assert v["labels_to_target"] is None
+        else:
+            assert v["labels_to_target"] == pytest.approx(expected, rel=1e-9)
+        assert v["select_seconds"] >= 0
+    # every strategy starts from the same seeded initial labels and model
+    assert len({round(v["acc_curve"][0], 12) for v in strategies.values()}) == 1
+    # labelling more helps: random's accuracy at the end beats its start
+    assert strategies["random"]["acc_curve"][-1] > strategies["random"]["acc_curve"][0]

@@ -28,7 +28,7 @@ def _console():
 def _summary_table(run):
     from rich.table import Table
 
-    table = Table(title=f"fisherkit demo — {run.seconds:.1f} s", title_justify="left")
+    table = Table(title=f"fisherkit demo — {run.seconds:.1f} s ({run.cpu_seconds:.1f} s CPU)", title_justify="left")
     table.add_column("section")
     table.add_column("status")
     table.add_column("time", justify="right")

@@ -40,6 +40,7 @@ class SectionResult:
     error: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     key: str = ""
     files: dict[str, str] = field(default_factory=dict)  # figure name -> PNG file name
 
@@ -145,7 +146,7 @@ def resolve(names: Iterable[str] | None) -> list[SectionSpec]:
 
 def run_section(spec: SectionSpec, ctx: Context) -> SectionResult:
     """Run one section; an exception becomes ``SectionResult(error=...)`` instead of propagating."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         res = spec.func(ctx)
         if not isinstance(res, SectionResult):
@@ -158,6 +159,7 @@ def run_section(spec: SectionSpec, ctx: Context) -> SectionResult:
     res.key = spec.key
     res.title = res.title or spec.title
     res.seconds = time.perf_counter() - start
+    res.cpu_seconds = time.process_time() - cpu
     return res
 
 

@@ -36,6 +36,7 @@ class DemoRun:
     index: Path
     results: Path
     seconds: float
+    cpu_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -101,15 +102,26 @@ def run_demo(
     """Run the chosen sections (all by default) and write ``out/index.html``, ``out/results.json``
     and ``out/<section>-<plot>.png``. A failing section is recorded (in the page and in the JSON)
     and the others still run. ``on_section(title, i, n, result)`` is called before (result None)
-    and after each section.
+    and after each section. Torch runs single-threaded meanwhile (restored afterwards).
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise FisherkitError(f"seed must be a non-negative integer; got {seed!r}")
     specs = resolve(only)
     out_dir = prepare_out_dir(out)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: extra threads cost more than they give (see docs/demo.md)
+    try:
+        return _run(specs, out_dir, quick, seed, progress, console, on_section)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(specs, out_dir: Path, quick: bool, seed: int, progress: bool, console, on_section) -> DemoRun:
     ctx = Context(quick=quick, seed=seed, progress=progress, console=console)
     started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     sections: list[SectionResult] = []
     images: dict[str, dict[str, bytes]] = {}
     for i, spec in enumerate(specs, start=1):
@@ -131,7 +143,7 @@ def run_demo(
         sections.append(res)
         if on_section:
             on_section(spec.title, i, len(specs), res)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     import torch
 
     from .._version import __version__
@@ -142,6 +154,7 @@ def run_demo(
         "seed": seed,
         "started (UTC)": started.strftime("%Y-%m-%d %H:%M:%S"),
         "wall time": f"{seconds:.1f} s",
+        "CPU time": f"{cpu:.1f} s",
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -155,6 +168,7 @@ def run_demo(
         "seed": seed,
         "started_utc": started.isoformat(),
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "ok": all(s.ok for s in sections),
         "sections": {
             s.key: {
@@ -163,6 +177,7 @@ def run_demo(
                 "error": s.error,
                 "traceback": s.traceback,
                 "seconds": s.seconds,
+                "cpu_seconds": s.cpu_seconds,
                 "headline": s.headline,
                 "figures": s.files,
                 "numbers": _json_safe(s.numbers),
@@ -172,4 +187,4 @@ def run_demo(
     }
     results = out_dir / "results.json"
     _atomic_write(results, json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
-    return DemoRun(sections, out_dir, index, results, seconds)
+    return DemoRun(sections, out_dir, index, results, seconds, cpu)
