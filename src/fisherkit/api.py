@@ -16,6 +16,7 @@ from .curvature.blocks import DENSE_BLOCK_LIMIT, DenseBlock, DiagBlock, EKronBlo
 from .curvature.implicit import Implicit
 from .curvature.linalg import safe_eigh
 from .curvature.lowrank import LowRank
+from . import distributed as _dist
 from .distributed import all_reduce_sums
 from .engine import accumulate as acc
 from .engine.collect import check_batchnorm, gather, warn_fallback
@@ -93,13 +94,15 @@ def fisher(
                 f"(limit: {DENSE_LIMIT} parameters, max_memory={max_memory / 2**30:.2f} GiB); "
                 "use structure='kfac', 'diag', 'lowrank' or 'implicit'"
             )
-    gen = _seeded_generator(generator, device) if kind == "mc" else generator
+    gen = _dist.rank_generator(_seeded_generator(generator, device), process_group) if kind == "mc" else generator
     common = dict(lik=lik, kind=kind, mc_samples=mc_samples, batch_size=batch_size, max_memory=max_memory)
     meta = (kind, lik.to_config())
+    red = dict(process_group=process_group, what=f"fisher(structure={structure!r}, kind={kind!r})", device=device)
 
     def run(description, need_func=True):
-        return gather(model, data, plan=plan, generator=gen, progress=progress, description=description,
-                      need_func=need_func, **common)
+        return _dist.local_batches(gather(model, data, plan=plan, generator=gen, progress=progress,
+                                          description=description, need_func=need_func, **common),
+                                   process_group, red["what"])
 
     if structure == "implicit":
         return _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
@@ -107,10 +110,10 @@ def fisher(
     if structure == "diag":
         sums, n = {}, 0
         for bs in run("Fisher (diag)"):
-            for k, v in acc.diag_sums(bs).items():
-                sums[k] = sums[k] + v if k in sums else v
+            acc.diag_add(bs, sums)
             n += bs.n
-        sums, n = all_reduce_sums(sums, n, process_group)
+        sums, n = all_reduce_sums(sums, n, **red)
+        sums = acc.split_sums(plan.hook_units, sums)
         vals = torch.cat([sums[k].reshape(-1) for k in info.names]) / n
         return STRUCTURES["diag"](info, n, *meta, [DiagBlock(info.names, info.numels, vals)])
 
@@ -120,11 +123,11 @@ def fisher(
             u = acc.persample_flat(bs, info)
             gram.addmm_(u.T, u)
             n += bs.n
-        sums, n = all_reduce_sums({"gram": gram}, n, process_group)
+        sums, n = all_reduce_sums({"gram": gram}, n, **red)
         gram = sums["gram"] / n
         if structure == "dense":
             return STRUCTURES["dense"](info, n, *meta, [DenseBlock(info.names, info.numels, gram)])
-        vals, vecs = safe_eigh(gram)
+        vals, vecs = _dist.broadcast_tensors(list(safe_eigh(gram)), process_group)
         k = min(rank, info.size)
         return LowRank(info, n, *meta, vals.flip(0)[:k], vecs.flip(1)[:, :k])
 
@@ -161,7 +164,7 @@ def fisher(
             else:
                 u = acc.persample_flat(bs, info, grp)
                 add("g:" + grp[0], u.T @ u)
-    sums, n = all_reduce_sums(sums, n, process_group)
+    sums, n = all_reduce_sums(sums, n, **red)
     blocks = []
     for grp in gram_groups:
         numels = [info.numels[info.index(x)] for x in grp]
@@ -177,7 +180,8 @@ def fisher(
     if structure == "ekfac" and kron_units:
         if gen is not None:
             gen.set_state(state)
-        bases = {w: (kb.eig_factors()[0][1], kb.eig_factors()[1][1]) for w, kb in kron.items()}
+        eigs = _dist.eigh_split([m for kb in kron.values() for m in (kb.A, kb.G)], process_group)
+        bases = {w: (eigs[2 * i][1], eigs[2 * i + 1][1]) for i, w in enumerate(kron)}
         ssum, n2 = {}, 0
         for bs in run("Fisher (ekfac, refit)", need_func=False):
             n2 += bs.n
@@ -185,7 +189,7 @@ def fisher(
                 if u.weight in bases:
                     s = acc.ekfac_sums(a, g, *bases[u.weight])
                     ssum[u.weight] = ssum[u.weight] + s if u.weight in ssum else s
-        ssum, n2 = all_reduce_sums(ssum, n2, process_group)
+        ssum, n2 = all_reduce_sums(ssum, n2, **red)
         for w, kb in list(kron.items()):
             qa, qg = bases[w]
             kron[w] = EKronBlock(kb.names, kb.numels, kb.out_features, kb.has_bias, qa, qg, ssum[w] / n2)
@@ -217,27 +221,32 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
         gen.manual_seed(seed)
     v = dict(zip(info.names, (t.reshape(s) for t, s in zip(torch.split(v_flat, info.numels), info.shapes))))
     total, n = None, 0
-    for i, x, y in iterate_batches(data, batch_size, device, dtype):
+    what = f"Fisher-vector product (kind={kind!r})"
+    for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group, what):
         if kind == "empirical" and y is None:
             raise FisherkitError(f"kind='empirical' needs labels, but batch {i} has none")
         _, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen))
         flat = torch.cat([g[k].reshape(-1) for k in info.names])
         total = flat if total is None else total + flat
         n += x.shape[0]
-    sums, n = all_reduce_sums({"fv": total}, n, process_group)
+    if _dist.world_size(process_group) == 1:
+        return total / n, n
+    sums = {"fv": total} if total is not None else {}
+    sums, n = all_reduce_sums(sums, n, process_group, what, device, check=_dist.tensor_digest(v_flat))
     return sums["fv"] / n, n
 
 
 def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None):
     seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()) if gen is not None else 0
-    n = sum(x.shape[0] for _, x, _ in iterate_batches(data, batch_size, device, dtype))
+    n = sum(x.shape[0] for _, x, _ in _dist.local_batches(iterate_batches(data, batch_size, device, dtype),
+                                                          process_group, "implicit Fisher"))
 
     def product(v):
         return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
 
     if process_group is not None or torch.distributed.is_available() and torch.distributed.is_initialized():
-        n = all_reduce_sums({}, n, process_group)[1]
-    return Implicit(info, n, kind, lik.to_config(), product, dtype, device)
+        n = all_reduce_sums({}, n, process_group, "implicit Fisher")[1]
+    return _dist.DistributedImplicit.wrap(Implicit(info, n, kind, lik.to_config(), product, dtype, device), process_group)
 
 
 def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, generator=None, params=None,
@@ -257,7 +266,7 @@ def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, ge
     seed = 0
     if kind == "mc":
         g = _seeded_generator(generator, device)
-        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
+        seed = _dist.rank_seed(int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item()), process_group)
     return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
 
 

@@ -49,6 +49,47 @@ def diag_sums(bs: BatchStats) -> dict[str, torch.Tensor]:
     return out
 
 
+def _add_(sums: dict[str, torch.Tensor], key: str, val: torch.Tensor) -> None:
+    prev = sums.get(key)
+    if prev is None:
+        sums[key] = val
+    else:
+        prev.add_(val)
+
+
+def diag_add(bs: BatchStats, sums: dict[str, torch.Tensor]) -> None:
+    """In place: ``sums[u.weight] += Σ_n Σ_d g² ⊙ ã²`` as each hook unit's combined ``[O, I]`` matrix.
+
+    For Linear layers without shared positions this is (Σ_d g_d²)ᵀ(ã²): the sum over directions is
+    taken before the one matmul, which accumulates straight into the running sum (``addmm_``).
+    torch.func parameters get ``sums[name] += Σ g²``. Split with ``split_sums`` at the end.
+    """
+    for u, a, g in bs.hook:
+        if a.shape[1] == 1:
+            g0 = g[:, :, 0]
+            s = g0[0] * g0[0] if g0.shape[0] == 1 else (g0 * g0).sum(0)  # [B, O]
+            a0 = a[:, 0]
+            a2 = a0 * a0
+            prev = sums.get(u.weight)
+            if prev is None:
+                sums[u.weight] = s.T @ a2
+            else:
+                prev.addmm_(s.T, a2)
+        else:
+            _add_(sums, u.weight, (hook_persample(a, g) ** 2).sum((0, 1)))
+    for n, g in bs.func.items():
+        _add_(sums, n, (g * g).sum((0, 1)))
+
+
+def split_sums(units: list[HookUnit], sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-parameter tensors from ``diag_add``'s sums (combined ``[O, I]`` matrices split into weight and bias)."""
+    out = dict(sums)
+    for u in units:
+        if u.weight in out:
+            out.update(split_unit(u, out.pop(u.weight)))
+    return out
+
+
 def persample_flat(bs: BatchStats, info: ParamInfo, names: list[str] | None = None) -> torch.Tensor:
     """Per-sample gradients as a ``[D·B, P]`` matrix, columns in flat-vector order (of ``names``)."""
     names = info.names if names is None else names
