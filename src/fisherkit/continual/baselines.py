@@ -150,7 +150,7 @@ class EWCMethod(Method):
 
 
 EWC_VARIANTS = {
-    "ewc": {}, "ewc-online": {"mode": "online", "gamma": 1.0}, "ewc-kfac": {"structure": "kfac"},
+    "ewc": {}, "ewc-online": {"mode": "online", "gamma": 0.8}, "ewc-kfac": {"structure": "kfac"},
     "ewc-mc": {"kind": "mc"}, "ewc-empirical": {"kind": "empirical"}, "ewc-sqbatch": {"kind": "squared_batch_mean"},
 }
 METHODS = ("finetune", "joint", "l2", "si") + tuple(EWC_VARIANTS)

@@ -18,9 +18,12 @@ from . import metrics
 from .baselines import DEFAULT_STRENGTH, make_method
 from .streams import make_stream
 
-# stream -> default strengths (chosen once by the λ sweeps in docs/continual.md, not per seed)
+# stream -> default strengths, chosen once from single-seed λ sweeps (seed 0; see docs/continual.md)
+_SPLIT = {"l2": 0.1, "si": 10.0, "ewc": 1000.0}
 STRENGTHS = {
-    "permuted": {"l2": 1.0, "si": 1.0, "ewc": 1000.0},
+    "permuted": {"l2": 0.1, "si": 10.0, "ewc": 100.0, "ewc-online": 300.0},
+    "rotated": {"l2": 0.1, "si": 10.0, "ewc": 100.0, "ewc-online": 300.0},
+    "split-task": _SPLIT, "split-domain": _SPLIT, "split-class": _SPLIT,
 }
 
 
@@ -28,7 +31,7 @@ STRENGTHS = {
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     hidden: tuple[int, ...] = (256, 256)
 
 
@@ -106,12 +109,15 @@ def run_method(stream, method_name: str, cfg: TrainConfig, seed: int = 0, streng
 
 
 def _strength(stream_name, method, strengths):
-    base = method.split("-")[0] if method.startswith("ewc") else method
-    if strengths and method in strengths:
-        return strengths[method]
-    if strengths and base in strengths:
-        return strengths[base]
-    return STRENGTHS.get(stream_name, {}).get(base, DEFAULT_STRENGTH.get(base))
+    """λ / c of a method: user's value for the method or its family, else the stream's default."""
+    if method in ("finetune", "joint"):
+        return None
+    family = "ewc" if method.startswith("ewc") else method
+    for table in (strengths or {}, STRENGTHS.get(stream_name, {})):
+        for key in (method, family):
+            if key in table:
+                return table[key]
+    return DEFAULT_STRENGTH[family]
 
 
 def run_stream(stream: str = "permuted", methods=("finetune", "l2", "ewc"), quick: bool = False, seed: int = 0,
@@ -180,6 +186,18 @@ FISHER_LAMS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 def fisher_comparison(stream: str = "permuted", lams=FISHER_LAMS, **kw) -> dict:
     """EWC with the exact, MC (1 sample), empirical and squared-batch-mean Fisher, swept over λ."""
     return lambda_sweep(stream, FISHER_KINDS, lams, **kw)
+
+
+def merge_results(*results: dict) -> dict:
+    """Combine ``run_stream`` results of the same stream and seeds (e.g. methods run in parallel)."""
+    if not results:
+        raise FisherkitError("merge_results needs at least one result")
+    out = dict(results[0], methods=dict(results[0]["methods"]))
+    for r in results[1:]:
+        if r["stream"] != out["stream"] or r["config"] != out["config"] or r.get("tasks") != out.get("tasks"):
+            raise FisherkitError("can only merge runs of the same stream, tasks, seeds and training settings")
+        out["methods"].update(r["methods"])
+    return out
 
 
 def format_table(results: dict) -> str:
