@@ -125,3 +125,27 @@ def test_state_dict_from_other_structure_is_refused():
         b.load_state_dict(copy.deepcopy(a.state_dict()))
     with pytest.raises(fk.FisherkitError, match="NaturalGradient"):
         b.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+
+
+@pytest.mark.parametrize("structure", ["kfac", "ekfac", "implicit"])
+def test_safetensors_checkpoint_resumes_bit_exactly(structure, tmp_path):
+    X, y = classification_data(n=96)
+    batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, 96, 16)]
+    cfg = dict(lr=0.05, structure=structure, kind="mc", damping=1e-2, update_every=2, inv_every=4, ema=0.9,
+               momentum=0.9, kl_clip=1e-2, seed=3, cg_iters=5)
+    model = mlp(seed=1)
+    opt = NaturalGradient(model, **cfg)
+    run_steps(model, opt, batches[:3])
+    opt.save(tmp_path / "opt.safetensors")
+    weights = copy.deepcopy(model.state_dict())
+    run_steps(model, opt, batches[3:])
+    model2 = mlp(seed=1)
+    model2.load_state_dict(weights)
+    opt2 = NaturalGradient(model2, **{**cfg, "seed": 42, "lr": 0.5})
+    opt2.load(tmp_path / "opt.safetensors")
+    assert opt2.param_groups[0]["lr"] == 0.05
+    run_steps(model2, opt2, batches[3:])
+    assert torch.equal(flat_params(model2), flat_params(model))
+    other = NaturalGradient(mlp(hidden=5), structure=structure)
+    with pytest.raises(fk.FisherkitError, match="saved for parameters"):
+        other.load(tmp_path / "opt.safetensors")

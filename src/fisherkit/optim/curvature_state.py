@@ -45,8 +45,10 @@ class KronState:
         self.t["G"] = _ema(self.t["G"], G / n, ema)
 
     def refresh(self):
-        self.t["la"], self.t["qa"] = safe_eigh(self.t["A"])
-        self.t["lg"], self.t["qg"] = safe_eigh(self.t["G"])
+        # contiguous copies: eigh returns column-major eigenvectors, and a checkpoint stores row-major
+        # ones; the same layout keeps the matmuls (and so the resumed run) bit-identical
+        self.t["la"], self.t["qa"] = (t.contiguous() for t in safe_eigh(self.t["A"]))
+        self.t["lg"], self.t["qg"] = (t.contiguous() for t in safe_eigh(self.t["G"]))
 
     @property
     def ready(self):
@@ -153,7 +155,7 @@ class DenseState:
         self.t["F"] = _ema(self.t["F"], U.T @ U / n, ema)
 
     def refresh(self):
-        self.t["vals"], self.t["vecs"] = safe_eigh(self.t["F"])
+        self.t["vals"], self.t["vecs"] = (t.contiguous() for t in safe_eigh(self.t["F"]))
 
     @property
     def ready(self):

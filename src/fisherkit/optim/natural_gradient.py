@@ -178,6 +178,18 @@ class NaturalGradient(torch.optim.Optimizer):
         sd["fisherkit"] = {"preconditioner": self.pre.state_dict(), "skipped_steps": self.skipped_steps}
         return sd
 
+    def save(self, path) -> None:
+        """Write the optimizer's state to a safetensors file (atomic; see ``optim.checkpoint``)."""
+        from .checkpoint import save
+
+        save(self, path)
+
+    def load(self, path) -> None:
+        """Restore from ``save(path)``; refuses a file written for other parameters."""
+        from .checkpoint import load
+
+        load(self, path)
+
     def load_state_dict(self, state_dict):
         sd = dict(state_dict)
         extra = sd.pop("fisherkit", None)
