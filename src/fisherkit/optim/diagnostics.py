@@ -42,7 +42,8 @@ def adam_fisher_correlation(model, adam: torch.optim.Adam, data, likelihood="cat
     """Correlations (over parameters) of Adam's v = exp_avg_sq with Fisher diagonals of ``data``.
 
     Returns Pearson (raw and of logs) and Spearman correlations of v against the empirical Fisher
-    diagonal, the true (exact) Fisher diagonal, and the squared full-data gradient (E g)²; plus the
+    diagonal, the true (exact) Fisher diagonal, and the squared full-data gradient (E g)², and the
+    median of v / reference (the scale: ≈ 1/B if v tracked the per-sample second moment); plus the
     correlation between the two Fisher diagonals and their relative difference ‖F_emp − F‖/‖F‖.
     """
     from ..api import fisher
@@ -65,7 +66,8 @@ def adam_fisher_correlation(model, adam: torch.optim.Adam, data, likelihood="cat
     out = {"n_params": int(v.numel())}
     for name, ref in (("empirical_fisher", emp), ("true_fisher", true), ("squared_mean_gradient", g2)):
         out[name] = {"pearson": pearson(v, ref), "pearson_log": pearson((v + eps).log(), (ref + eps).log()),
-                     "spearman": spearman(v, ref)}
+                     "spearman": spearman(v, ref),
+                     "median_ratio": float((v / ref.clamp_min(1e-30)).median())}
     out["empirical_vs_true"] = {"pearson": pearson(emp, true), "spearman": spearman(emp, true),
                                 "relative_difference": float((emp - true).norm() / true.norm())}
     return out

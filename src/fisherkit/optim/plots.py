@@ -58,6 +58,8 @@ def format_table(results: dict) -> str:
         s = p["summary"]
         lines.append(f"**{prob}** ({p['likelihood']} likelihood) — target loss {s['target']:.4g} "
                      f"(max of SGD's and Adam's final median loss)\n")
+        lines.append(f"learning-rate grid picked on seed {results['seeds'][0]}; median over seeds {results['seeds']}; "
+                     f"{results['epochs']} epochs\n")
         lines.append("| method | lr | final loss | epochs to target | s to target | s / epoch | "
                      "epochs ÷ Adam | s ÷ Adam | epochs ÷ SGD | s ÷ SGD |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -80,14 +82,15 @@ def format_diagnostics(results: dict) -> str:
         for m, d in p.get("ngd_diagnostics", {}).items():
             lines.append(f"| {prob} | {LABELS.get(m, m)} | {d['cos_angle_mean']:.3f} | {d['kl_model_mean']:.2e} | "
                          f"{d['kl_measured_mean']:.2e} | {d['kl_measured_max']:.2e} |")
-    lines += ["", "| problem | Adam v against | Pearson | Pearson (log) | Spearman |", "|---|---|---|---|---|"]
+    lines += ["", "| problem | Adam v against | Pearson | Pearson (log) | Spearman | median v / reference |",
+              "|---|---|---|---|---|---|"]
     for prob, p in results["problems"].items():
         c = p.get("adam_fisher_correlation")
         if not c:
             continue
         for k in ("empirical_fisher", "true_fisher", "squared_mean_gradient"):
             lines.append(f"| {prob} | {k.replace('_', ' ')} | {c[k]['pearson']:.3f} | {c[k]['pearson_log']:.3f} | "
-                         f"{c[k]['spearman']:.3f} |")
+                         f"{c[k]['spearman']:.3f} | {c[k]['median_ratio']:.3g} |")
         e = c["empirical_vs_true"]
-        lines.append(f"| {prob} | (empirical vs true Fisher diag) | {e['pearson']:.3f} | — | {e['spearman']:.3f} |")
+        lines.append(f"| {prob} | (empirical vs true Fisher diag) | {e['pearson']:.3f} | — | {e['spearman']:.3f} | — |")
     return "\n".join(lines)
