@@ -6,12 +6,13 @@ pool-based loop that returns learning curves; ``ActiveLearner`` wraps a user's o
 """
 
 from .batch import BADGE, BAIT
+from .learner import ActiveLearner
 from .loop import STRATEGIES, aulc, labels_to_target, make_strategy, run, summarize, train_classifier
 from .scores import egl_scores, last_layer_features
 from .strategies import BALD, EGL, Entropy, LeastConfidence, Margin, Random, Strategy, predict_proba
 
 __all__ = [
     "egl_scores", "last_layer_features", "Strategy", "EGL", "Random", "Entropy", "Margin", "LeastConfidence",
-    "BALD", "BADGE", "BAIT", "run", "summarize", "labels_to_target", "aulc", "make_strategy", "STRATEGIES",
+    "BALD", "BADGE", "BAIT", "run", "ActiveLearner", "summarize", "labels_to_target", "aulc", "make_strategy", "STRATEGIES",
     "train_classifier", "predict_proba",
 ]

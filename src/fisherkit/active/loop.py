@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FisherkitError
-from ._checks import as_pool, check_indices, eval_mode
+from ..errors import FisherkitError, ShapeError
+from ._checks import as_pool, check_indices, check_outputs, eval_mode
 from .batch import BADGE, BAIT
 from .strategies import BALD, EGL, Entropy, LeastConfidence, Margin, Random, Strategy
 
@@ -127,6 +127,11 @@ def run(model_fn: Callable[[], nn.Module], X_pool, y_pool, X_test, y_test, strat
     if n0 + rounds * batch_size > X.shape[0]:
         raise FisherkitError(f"{n0} initial + {rounds} rounds × {batch_size} = {n0 + rounds * batch_size} labels "
                              f"exceed the pool of {X.shape[0]} points; lower rounds or batch_size")
+    probe = model_fn()
+    with torch.no_grad(), eval_mode(probe):
+        c_out = check_outputs(probe(X[:2].to(_dtype(probe))), "categorical").shape[1]
+    if c_out < n_classes:
+        raise ShapeError(f"the model gives {c_out} logits but the labels have {n_classes} classes")
     specs = strategies.items() if isinstance(strategies, dict) else [
         (s if isinstance(s, str) else getattr(s, "name", type(s).__name__), s) for s in strategies]
     seeds = list(seeds)

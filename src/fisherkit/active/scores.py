@@ -171,7 +171,7 @@ class _LinearTap:
 
 
 @torch.no_grad()
-def last_layer_features(model: nn.Module, X, batch_size: int = 4096):
+def last_layer_features(model: nn.Module, X, batch_size: int = 4096, likelihood: str = "categorical"):
     """Inputs h ``[N, H]`` of the final ``nn.Linear``, the logits f ``[N, C]``, and whether it has a bias."""
     X = as_pool(X, model)
     hs, fs, has_bias = [], [], False
@@ -179,8 +179,7 @@ def last_layer_features(model: nn.Module, X, batch_size: int = 4096):
         for s in range(0, X.shape[0], batch_size):
             with _LinearTap(model) as tap:
                 out = model(X[s : s + batch_size])
-            if not isinstance(out, torch.Tensor):
-                check_outputs(out, "categorical")
+            check_outputs(out, likelihood)
             m, h = tap.head(out)
             if h.dim() != 2:
                 raise FisherkitError(f"the final Linear layer sees inputs of shape {tuple(h.shape)}; need [batch, features]")
@@ -191,8 +190,7 @@ def last_layer_features(model: nn.Module, X, batch_size: int = 4096):
 
 
 def _scores_last_layer(model, X, lik, top_classes, batch_size):
-    h, f, has_bias = last_layer_features(model, X, batch_size)
-    check_outputs(f, lik.name)
+    h, f, has_bias = last_layer_features(model, X, batch_size, lik.name)
     v, w = label_directions(lik, f, top_classes)
     hn = h.pow(2).sum(-1) + (1.0 if has_bias else 0.0)
     return (w * v.pow(2).sum(-1)).sum(0) * hn
