@@ -171,7 +171,14 @@ def test_natural_gradient_curves_are_like_for_like_and_summaries_consistent(quic
             assert v["final_loss"] == pytest.approx(curve[-1])
             assert curve[-1] < curve[0], f"{prob}/{m} did not reduce the training loss"
             reached = [i for i, x in enumerate(curve) if x <= p["target_loss"]]
-            assert v["epochs_to_target"] == (reached[0] if reached else None)
+            if not reached:
+                assert v["epochs_to_target"] is None
+            elif reached[0] == 0:
+                assert v["epochs_to_target"] == 0
+            else:  # interpolated in log-loss between the last epoch above and the first at/below target
+                e = reached[0]
+                frac = np.log(curve[e - 1] / p["target_loss"]) / np.log(curve[e - 1] / curve[e])
+                assert v["epochs_to_target"] == pytest.approx(e - 1 + frac, rel=1e-9)
             assert v["seconds_per_epoch"] > 0
 
 

@@ -69,7 +69,7 @@ NGD_LABELS = {"kfac": "NGD (KFAC)", "ekfac": "NGD (EKFAC)", "diag": "NGD (diagon
 
 
 def _ngd_row(m: str, v: dict) -> str:
-    epochs = "–" if v["epochs_to_target"] is None else str(v["epochs_to_target"])
+    epochs = "–" if v["epochs_to_target"] is None else f"{v['epochs_to_target']:.2f}"
     secs = "–" if v["seconds_to_target"] is None else f"{v['seconds_to_target']:.2f} s"
     return (f"<tr><td>{NGD_LABELS.get(m, m)}</td><td class='num'>{v['lr']:g}</td><td class='num'>{v['final_loss']:.4f}</td>"
             f"<td class='num'>{epochs}</td><td class='num'>{secs}</td><td class='num'>{v['seconds_per_epoch']:.2f} s</td></tr>")
