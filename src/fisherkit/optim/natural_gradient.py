@@ -74,6 +74,10 @@ class NaturalGradient(torch.optim.Optimizer):
         self.history: list[dict] = []
         self._name = {id(p): n for n, p in self.pre.params.items()}
 
+    def remove_hooks(self) -> None:
+        """Detach the forward hooks from the model (the optimizer cannot refresh its curvature after)."""
+        self.pre.remove()
+
     @property
     def damping(self) -> float:
         return self.pre.damping

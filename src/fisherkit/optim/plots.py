@@ -39,8 +39,9 @@ def plot_curves(results: dict, problems=None):
             ax.set_ylabel(f"training loss ({p['likelihood']} nll)")
             ax.set_title(f"digits {prob}")
             ax.grid(alpha=0.3)
-        row[1].set_xscale("symlog", linthresh=0.5)
-        row[0].legend(fontsize=7)
+        row[1].set_xscale("symlog", linthresh=0.1)
+        row[1].set_xlim(left=0)
+        row[0].legend(fontsize=7, loc="upper right", framealpha=0.6)
     fig.suptitle(f"natural gradient vs SGD vs Adam — median of {len(results['seeds'])} seed(s), "
                  f"band = min–max; dashed: target loss", fontsize=10)
     fig.tight_layout()
