@@ -54,6 +54,12 @@ class _BatchNormEval:
             m.train()
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """All entries finite. A finite sum settles it with one reduction (no boolean tensor); only when the
+    sum is inf/nan (a non-finite entry, or an overflow of huge finite ones) is every entry checked."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _output_grads(out, zs, v):
     if v.shape[0] == 1:
         gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=False)
@@ -113,7 +119,8 @@ def gather(
         v = directions(lik, out, y, kind, mc_samples, generator, i)
         stats = BatchStats(i, x.shape[0])
         if units:
-            idx = [cap.units.index(u) for u in units]
+            pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
+            idx = [pos[id(u)] for u in units]
             zs = [cap.outputs[j][0] for j in idx]
             gzs = _output_grads(out, zs, v)
             for u, j, gz in zip(units, idx, gzs):
@@ -121,14 +128,14 @@ def gather(
                 if gz is None:
                     gz = a.new_zeros((v.shape[0],) + tuple(zs[idx.index(j)].shape))
                 g = unit_output_grads(u, gz)
-                if not torch.isfinite(g).all():
+                if not _all_finite(g):
                     raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
                 stats.hook.append((u, a, g))
         if plan.func_names and need_func:
             with _BatchNormEval(model):
                 grads = persample_grads(model, plan.func_names, x, v, max_memory)
             for n, g in grads.items():
-                if not torch.isfinite(g).all():
+                if not _all_finite(g):
                     raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
             stats.func = grads
         yield stats

@@ -197,8 +197,11 @@ def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:
         else:
             x2, ks, st, pd, dl = x, m.kernel_size, m.stride, m.padding, m.dilation
         a = torch.nn.functional.unfold(x2, ks, dilation=dl, padding=pd, stride=st).transpose(1, 2)
-    if unit.bias:
-        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+    if unit.bias:  # one allocation: copy in, then a column of ones
+        ext = a.new_empty(a.shape[:-1] + (a.shape[-1] + 1,))
+        ext[..., :-1] = a
+        ext[..., -1] = 1
+        a = ext
     return a
 
 
