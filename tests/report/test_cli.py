@@ -95,3 +95,40 @@ def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path, monkeyp
     # and the command says so with a non-zero exit
     assert main(["demo", "--quick", "--only", "broken", "--out", str(out), "--no-progress"]) == 1
     assert "1 section(s) failed" in capsys.readouterr().out
+
+
+def test_progress_bar_iterates_everything_and_seeds_are_reproducible():
+    import io
+
+    from rich.console import Console
+
+    from fisherkit.report import Context
+
+    ctx = Context(progress=True, console=Console(file=io.StringIO(), force_terminal=True), seed=3)
+    assert list(ctx.track(range(7), description="steps")) == list(range(7))
+    assert ctx.rng(1).random() == Context(seed=3).rng(1).random() != ctx.rng(2).random()
+
+
+def _leaf_commands():
+    import typer
+
+    from fisherkit.cli import app
+
+    def walk(c, path):
+        subs = getattr(c, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path", _leaf_commands(), ids=" ".join)
+def test_every_subcommand_has_help_with_an_example_and_one_line_errors(path, capsys):
+    assert main([*path, "--help"]) == 0
+    assert "Example" in capsys.readouterr().out
+    assert main([*path, "--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
