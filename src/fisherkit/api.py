@@ -149,13 +149,12 @@ def fisher(
     def add(key, val):
         sums[key] = sums[key] + val if key in sums else val
 
+    kron_ids = {id(u) for u in kron_units}
     for bs in run(f"Fisher ({structure})"):
         n += bs.n
         for u, a, g in bs.hook:
-            if u in kron_units:
-                A, G = acc.kfac_sums(a, g)
-                add(f"A:{u.weight}", A)
-                add(f"G:{u.weight}", G)
+            if id(u) in kron_ids:
+                acc.kfac_add(a, g, sums, f"A:{u.weight}", f"G:{u.weight}")
         for grp in gram_groups:
             if grp in big:
                 d = acc.diag_sums(bs)
@@ -175,7 +174,8 @@ def fisher(
     kron = {}
     for u in kron_units:
         numels = [info.numels[info.index(x)] for x in u.names]
-        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), sums[f"A:{u.weight}"] / n, sums[f"G:{u.weight}"] / n)
+        A, G = acc.symmetrize(sums[f"A:{u.weight}"]), acc.symmetrize(sums[f"G:{u.weight}"])
+        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), A / n, G / n)
         kron[u.weight] = kb
     if structure == "ekfac" and kron_units:
         if gen is not None:

@@ -113,6 +113,46 @@ def kfac_sums(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return a2.T @ a2 / t, g2.T @ g2
 
 
+SYM_BLOCK = 256  # column-block width of the symmetric Gram accumulation
+
+
+def _block_bounds(n: int) -> list[int]:
+    k = max(1, round(n / SYM_BLOCK))
+    return [round(i * n / k) for i in range(k + 1)]
+
+
+def gram_add_(sums: dict[str, torch.Tensor], key: str, x: torch.Tensor, alpha: float = 1.0) -> None:
+    """In place: ``sums[key] += alpha · xᵀx`` for x ``[m, n]``, upper block triangle only.
+
+    xᵀx is symmetric, so for n ≥ 1.5·SYM_BLOCK only the row panels on and above the block diagonal
+    are multiplied (about (k+1)/2k of the FLOPs for k column blocks); the strictly lower blocks stay
+    zero until ``symmetrize`` fills them at the end.
+    """
+    n = x.shape[1]
+    acc = sums.get(key)
+    if acc is None:
+        acc = sums[key] = x.new_zeros(n, n)
+    b = _block_bounds(n)
+    if len(b) == 2:
+        acc.addmm_(x.T, x, alpha=alpha)
+        return
+    for lo, hi in zip(b[:-1], b[1:]):
+        acc[lo:hi, lo:].addmm_(x[:, lo:hi].T, x[:, lo:], alpha=alpha)
+
+
+def symmetrize(m: torch.Tensor) -> torch.Tensor:
+    """The full symmetric matrix from ``gram_add_``'s upper block triangle."""
+    if len(_block_bounds(m.shape[0])) == 2:
+        return m
+    return torch.triu(m) + torch.triu(m, 1).T
+
+
+def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], key_a: str, key_g: str) -> None:
+    """In place: the ``kfac_sums`` of one batch added to ``sums[key_a]`` / ``sums[key_g]`` (symmetric products)."""
+    gram_add_(sums, key_a, a.reshape(-1, a.shape[-1]), 1.0 / a.shape[1])
+    gram_add_(sums, key_g, g.reshape(-1, g.shape[-1]))
+
+
 def ekfac_sums(a: torch.Tensor, g: torch.Tensor, qa: torch.Tensor, qg: torch.Tensor) -> torch.Tensor:
     """Σ_n Σ_d (Q_Gᵀ Gₙ Q_A)² elementwise: the refitted diagonal of EKFAC in the Kronecker eigenbasis."""
     ra = a @ qa
