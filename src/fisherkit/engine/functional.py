@@ -80,20 +80,22 @@ def persample_grads(
 def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[str, torch.Tensor], weight_fn):
     """Jᵀ W(J v) for a batch: J = ∂f/∂θ for the parameters ``names``; ``weight_fn(f, Jv)`` gives W(Jv).
 
-    Returns (output f, dict name → tensor). Costs two forward passes, one JVP and one VJP.
+    Returns (output f, dict name → tensor). Costs one forward pass with its JVP, and one backward:
+    the JVP's primal output is recorded by ordinary autograd, so the VJP reuses that forward.
     """
     params, buffers = _state(model)
-    train = {n: params[n] for n in names}
+    train = {n: params[n].requires_grad_() for n in names}  # detached copies: the model is untouched
     fixed = {n: p for n, p in params.items() if n not in train}
 
     def f(p):
         return functional_call(model, ({**fixed, **p}, buffers), (x,))
 
-    with no_fused_attention():
+    with no_fused_attention(), torch.enable_grad():
         out, jv = jvp(f, (train,), (v,))
-        _, pullback = vjp(f, train)
-        (g,) = pullback(weight_fn(out.detach(), jv.detach()))
-    return out, g
+        w = weight_fn(out.detach(), jv.detach())
+        gs = torch.autograd.grad(out, list(train.values()), w, allow_unused=True)
+    g = {n: torch.zeros_like(p) if gi is None else gi for (n, p), gi in zip(train.items(), gs)}
+    return out.detach(), g
 
 
 def output_with_params(model: torch.nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
