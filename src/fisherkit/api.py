@@ -7,6 +7,7 @@ Jacobian of the model output and Λₙ the Fisher of the likelihood in output sp
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -82,7 +83,10 @@ def fisher(
     check_kind(kind, mc_samples)
     check_batchnorm(model, allow_batchnorm_train)
     chosen = select_params(model, params)
-    plan = make_plan(model, chosen, use_hooks=structure != "implicit")
+    # FISHERKIT_FORCE_FUNC=1: a benchmark knob (benchmarks/bench_fisher.py) that sends every parameter
+    # through the torch.func path, to compare it with the hooks; not part of the API.
+    force_func = os.environ.get("FISHERKIT_FORCE_FUNC", "") == "1"
+    plan = make_plan(model, chosen, use_hooks=structure != "implicit" and not force_func)
     info = plan.info
     device, dtype = model_device_dtype(model)
     itemsize = torch.finfo(dtype).bits // 8
