@@ -132,6 +132,7 @@ def fisher_worker(rank: int, world: int, port: int, outdir: str) -> None:
         notes["after"] = float(fk.fisher(model, (X[a:b], y[a:b]), structure="diag").trace())
         with open(os.path.join(outdir, f"notes{rank}.json"), "w") as f:
             json.dump(notes, f)
+        optim_results(rank, world, outdir)  # same spawn: processes are slow to start
     torch.distributed.destroy_process_group()
 
 
@@ -157,3 +158,77 @@ def _lose_a_rank(rank: int, outdir: str, timeout: float = 5.0) -> None:
     with open(os.path.join(outdir, f"lost{rank}.json"), "w") as f:
         json.dump(result, f)
     os._exit(0)  # no destroy_process_group: a peer is gone
+
+
+# ---- NaturalGradient and EWC -------------------------------------------------------------------
+NG_CONFIGS = [  # (structure, kind, split_inverses, extra options)
+    ("kfac", "exact", True, {}),
+    ("kfac", "exact", False, {}),
+    ("ekfac", "exact", True, {}),
+    ("diag", "exact", True, {}),
+    ("dense", "exact", True, {}),
+    ("implicit", "exact", True, {"cg_iters": 200, "damping": 0.1}),  # CG to convergence (test_optim_distributed)
+    ("kfac", "empirical", True, {"kl_clip": 1e-3, "momentum": 0.5}),
+]
+NG_STEPS, NG_BATCH = 5, 16
+
+
+def ng_data(seed: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(NG_STEPS, NG_BATCH, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (NG_STEPS, NG_BATCH), generator=g)
+    return X, y
+
+
+def train_ng(config, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """NaturalGradient for NG_STEPS steps; distributed: DDP, each rank 1/world of every global batch."""
+    import warnings
+
+    import fisherkit as fk
+    from fisherkit.distributed import distribute_optimizer
+
+    structure, kind, split, extra = config
+    model, _, _ = model_and_data()
+    X, y = ng_data()
+    net = model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kfac's diagonal fallback for the LayerNorm
+        opt = fk.optim.NaturalGradient(model, lr=0.2, structure=structure, kind=kind, update_every=1, inv_every=2,
+                                       ema=0.9, **{"damping": 1e-2, **extra})
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+        opt = distribute_optimizer(opt, split_inverses=split)
+    per = NG_BATCH // world
+    for t in range(NG_STEPS):
+        xb, yb = X[t, rank * per:(rank + 1) * per], y[t, rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(xb), yb)
+        loss.backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def ewc_penalties(rank: int = 0, world: int = 1) -> torch.Tensor:
+    """EWC (diag and kfac) consolidated on this rank's shard of two tasks; penalties at a displaced θ."""
+    import fisherkit as fk
+
+    model, X, y = model_and_data()
+    out = []
+    for structure in ("diag", "kfac", "ekfac"):
+        ewc = fk.continual.EWC(model, lam=3.0, structure=structure, mode="online", gamma=0.7)
+        for task in range(2):
+            a, b = SHARDS[world][rank]
+            ewc.consolidate((X[a:b] + task, y[a:b]))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.sin(torch.arange(p.numel(), dtype=p.dtype) + task).reshape(p.shape))
+        out.append(ewc.penalty().detach().reshape(1))
+    return torch.cat(out)
+
+
+def optim_results(rank: int, world: int, outdir: str) -> None:
+    out = {f"ng{i}": train_ng(c, rank, world) for i, c in enumerate(NG_CONFIGS)}
+    out["ewc"] = ewc_penalties(rank, world)
+    _save(os.path.join(outdir, f"optim{rank}.safetensors"), out)

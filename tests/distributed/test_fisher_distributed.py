@@ -34,8 +34,8 @@ def reference():
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_match_one_process(world, reference, tmp_path):
-    w.spawn(w.fisher_worker, world, (w.free_port(), str(tmp_path)))
+def test_ranks_match_one_process(world, reference, request):
+    tmp_path = request.getfixturevalue(f"run_{world}_ranks")
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(world)]
     mc = {k: ranks[0].pop(k) for k in ("mc_diag", "mc_same_data")}
     for r in range(1, world):  # identical on every rank, bit for bit (kind="mc" included)
