@@ -141,32 +141,38 @@ def fisher(
         return LowRank(info, imp.num_samples, *meta, vals, vecs)
 
     # block-structured: block, kfac, ekfac
-    kron_units = plan.hook_units if structure in ("kfac", "ekfac") else []
-    gram_groups = [u.names for u in plan.hook_units] if structure == "block" else []
-    gram_groups += _module_groups(plan.func_names)
-    big = [g for g in gram_groups if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
-    if structure in ("kfac", "ekfac"):
-        warn_fallback(plan, structure)
     state = gen.get_state() if gen is not None else None
     sums, n = {}, 0
 
     def add(key, val):
         sums[key] = sums[key] + val if key in sums else val
 
-    kron_ids = {id(u) for u in kron_units}
+    def layout():  # read the plan once the first batch has settled it (bypassed hooks moved to torch.func)
+        kron = plan.hook_units if structure in ("kfac", "ekfac") else []
+        grams = ([u.names for u in plan.hook_units] if structure == "block" else []) + _module_groups(plan.func_names)
+        large = [g for g in grams if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
+        if structure in ("kfac", "ekfac"):
+            warn_fallback(plan, structure)
+        return kron, grams, large, {id(u) for u in kron}
+
+    kron_units = None
     for bs in run(f"Fisher ({structure})"):
+        if kron_units is None:
+            kron_units, gram_groups, big, kron_ids = layout()
         n += bs.n
         for u, a, g in bs.hook:
             if id(u) in kron_ids:
                 acc.kfac_add(a, g, sums, f"A:{u.weight}", f"G:{u.weight}")
+        d = acc.diag_sums(bs) if any(grp in big for grp in gram_groups) else None  # once per batch
         for grp in gram_groups:
             if grp in big:
-                d = acc.diag_sums(bs)
                 for x in grp:
                     add(f"d:{x}", d[x].reshape(-1))
             else:
                 u = acc.persample_flat(bs, info, grp)
                 add("g:" + grp[0], u.T @ u)
+    if kron_units is None:  # no local batch (an idle rank)
+        kron_units, gram_groups, big, kron_ids = layout()
     sums, n = all_reduce_sums(sums, n, **red)
     blocks = []
     for grp in gram_groups:
