@@ -131,9 +131,10 @@ def fisher(
         gram = sums["gram"] / n
         if structure == "dense":
             return STRUCTURES["dense"](info, n, *meta, [DenseBlock(info.names, info.numels, gram)])
-        vals, vecs = _dist.broadcast_tensors(list(safe_eigh(gram)), process_group)
-        k = min(rank, info.size)
-        return LowRank(info, n, *meta, vals.flip(0)[:k], vecs.flip(1)[:, :k])
+        vals, vecs = safe_eigh(gram)
+        k = min(rank, info.size)  # distributed: rank 0's top k pairs everywhere (bit-identical)
+        top = _dist.broadcast_tensors([vals.flip(0)[:k].contiguous(), vecs.flip(1)[:, :k].contiguous()], process_group)
+        return LowRank(info, n, *meta, *top)
 
     if structure == "lowrank":  # too large for a dense Gram: Lanczos on the implicit operator
         imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
