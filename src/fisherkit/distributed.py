@@ -465,7 +465,7 @@ class _DataParallelCurvature:
                     ("diag", st, dict(sums), n, ema, f))
             elif isinstance(st, DenseState):
                 st.update_gram = lambda U, n, ema, st=st: self.pending.append(("dense", st, {"F": U.T @ U}, n, ema))
-            if self.split and isinstance(st, (KronState, DenseState)):
+            if isinstance(st, (KronState, DenseState)):  # all at once: fit_scaling needs every new basis
                 st.refresh = self.refresh_all
 
     def record_kron(self, st, a, g, n, ema):
@@ -503,7 +503,7 @@ class _DataParallelCurvature:
         self.fresh = True
         states = [st for st in self.pre.states if getattr(st, "refresh", None) == self.refresh_all]
         mats = [m for st in states for m in ((st.t["F"],) if isinstance(st, DenseState) else (st.t["A"], st.t["G"]))]
-        eigs = iter(eigh_split(mats, self.group, what="NaturalGradient inverse refresh"))
+        eigs = iter(eigh_split(mats, self.group, split=self.split, what="NaturalGradient inverse refresh"))
         for st in states:
             if isinstance(st, DenseState):
                 st.t["vals"], st.t["vecs"] = next(eigs)

@@ -165,6 +165,7 @@ NG_CONFIGS = [  # (structure, kind, split_inverses, extra options)
     ("kfac", "exact", True, {}),
     ("kfac", "exact", False, {}),
     ("ekfac", "exact", True, {}),
+    ("ekfac", "exact", False, {}),
     ("diag", "exact", True, {}),
     ("dense", "exact", True, {}),
     ("implicit", "exact", True, {"cg_iters": 200, "damping": 0.1}),  # CG to convergence (test_optim_distributed)
