@@ -63,7 +63,7 @@ def _dense_bait(model, X, XL, k, lam=1.0, oversample=2.0):
 
 def test_bait_matches_dense_greedy(small):
     model, X, XL, _ = small
-    for k in (1, 3, 5):
+    for k in (1, 4):
         got = BAIT().select(model, X, k, X_labeled=XL).tolist()
         assert got == _dense_bait(model, X, XL, k), k
     got = BAIT(lam=0.1).select(model, X[:25], 4).tolist()  # no labelled set

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fisherkit.cli import main
 
 
@@ -32,3 +34,19 @@ def test_active_command_errors(tmp_path, capsys):
     assert main(["active", "--csv", str(bad), "--quick", "--no-progress"]) == 2
     assert "NaN" in capsys.readouterr().err
     assert main(["active", "--target", "1.5", "--quick"]) == 2
+
+
+def test_plots_return_figures():
+    import matplotlib.figure
+
+    from fisherkit.active.loop import summarize
+    from fisherkit.active.plots import plot_bar, plot_learning_curves
+
+    res = {"n_labels": [5, 10, 15], "target": 0.8, "dataset": "toy", "config": {"seeds": [0, 1], "model": "m"},
+           "strategies": {"random": {"acc": [[0.5, 0.7, 0.8], [0.6, 0.7, 0.9]], "select_seconds": [0, 0]},
+                          "egl": {"acc": [[0.5, 0.8, 0.9], [0.6, 0.85, 0.9]], "select_seconds": [0, 0]}}}
+    fig = plot_learning_curves(res)
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes[0].lines) == 3  # 2 curves + target
+    summ = summarize(res, 0.8)
+    assert summ["egl"]["labels_to_target"] == pytest.approx([10.0, 9.0])  # exact hit; 5 + 5·(0.8 − 0.6)/(0.85 − 0.6)
+    assert isinstance(plot_bar(summ), matplotlib.figure.Figure)

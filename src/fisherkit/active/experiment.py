@@ -147,3 +147,50 @@ def format_table(results: dict) -> str:
                      f"{s['aulc_mean']:>10.3f} ±{s['aulc_std']:.3f}{s['final_acc_mean']:>11.3f}"
                      f"{s['select_seconds_mean']:>10.1f}")
     return "\n".join(lines)
+
+
+def selection_diagnostics(dataset: str = "digits", n_labels: int = 100, k: int = 20, seeds=(0, 1, 2, 3, 4),
+                          strategies=("random", "entropy", "egl", "egl_cluster", "badge", "bait")) -> dict:
+    """What each strategy's batch looks like, from a model trained on ``n_labels`` random labels.
+
+    Per strategy, mean over seeds of: ``cos`` (mean pairwise cosine similarity of the batch's
+    last-layer inputs h: redundancy), ``classes`` (distinct predicted classes in the batch),
+    ``norm_ratio`` (mean ‖h‖² of the batch / mean over the pool: EGL's last-layer factor (‖h‖² + 1)
+    favours large-norm points). Also the rank correlations of the EGL score with the Gini
+    uncertainty 1 − ‖p‖² and with ‖h‖² over the pool.
+    """
+    from scipy.stats import spearmanr
+
+    from .loop import make_strategy, train_classifier
+    from .scores import egl_scores, last_layer_features
+
+    cfg = CONFIGS[dataset]
+    Xtr, ytr, _, _, c = prepare(dataset)
+    out = {s: {"cos": [], "classes": [], "norm_ratio": []} for s in strategies}
+    corr = {"gini": [], "h_norm": []}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        lab = rng.choice(Xtr.shape[0], n_labels, replace=False)
+        pool = np.setdiff1d(np.arange(Xtr.shape[0]), lab)
+        torch.manual_seed(seed)
+        model = mlp(Xtr.shape[1], cfg["hidden"], c)
+        train_classifier(model, Xtr[lab], ytr[lab], cfg["epochs"])
+        Xp = Xtr[pool]
+        h, f, _ = last_layer_features(model, Xp)
+        p = torch.softmax(f.double(), -1)
+        hn = h.double().pow(2).sum(1)
+        e = egl_scores(model, Xp)
+        corr["gini"].append(float(spearmanr(e, 1 - p.pow(2).sum(1)).statistic))
+        corr["h_norm"].append(float(spearmanr(e, hn).statistic))
+        for s in strategies:
+            idx = make_strategy(s, seed).select(model, Xp, k, X_labeled=Xtr[lab])
+            z = torch.nn.functional.normalize(h[idx].double(), dim=1)
+            cs = z @ z.T
+            out[s]["cos"].append(float((cs.sum() - k) / (k * (k - 1))))
+            out[s]["classes"].append(int(len(set(p[idx].argmax(1).tolist()))))
+            out[s]["norm_ratio"].append(float(hn[idx].mean() / hn.mean()))
+    res = {s: {m: float(np.mean(v)) for m, v in d.items()} | {f"{m}_std": float(np.std(v)) for m, v in d.items()}
+           for s, d in out.items()}
+    return {"batches": res, "spearman_egl_vs_gini": float(np.mean(corr["gini"])),
+            "spearman_egl_vs_h_norm": float(np.mean(corr["h_norm"])), "n_labels": n_labels, "k": k,
+            "seeds": list(seeds)}
