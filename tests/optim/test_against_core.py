@@ -64,3 +64,22 @@ def test_mc_kind_is_seeded_and_unbiased():
     G_exact = fk.fisher(model, (X, y), kind="exact", structure="kfac", batch_size=len(X)).factors()["2.weight"][1]
     err = float((G - G_exact).norm() / G_exact.norm())
     assert err < 0.05  # Monte-Carlo error of 400 × 64 label draws (≈ 1/√(400·64)·spread)
+
+
+@pytest.mark.parametrize("structure", ["kfac", "ekfac", "diag"])
+def test_conv_layers_match_core(structure):
+    """Conv2d (shared positions: KFAC-expand, A averaged over patches) through the same hooks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 5 * 5, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(12, 1, 5, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=g)
+    lam = 1e-2
+    pre = Preconditioner(model, structure=structure, kind="exact", damping=lam, ema=0.0, pi_damping=False)
+    tF.cross_entropy(model(X), y).backward()
+    grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    pre.step()
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    F = fk.fisher(model, (X, y), kind="exact", structure=structure, batch_size=len(X))
+    assert torch.allclose(got, F.solve(grad, lam), rtol=1e-9, atol=1e-12)
