@@ -167,7 +167,7 @@ class Recorder:
         self.batch = None
         return b
 
-    def misfired(self, b_counts: dict | None = None) -> list[int]:
+    def misfired(self) -> list[int]:
         """Indices of units whose forward hook did not fire exactly once in the last recorded forward."""
         b = self.batch
         if b is None:

@@ -184,12 +184,9 @@ class Preconditioner:
                 st.fit_scaling(self.ema if st.t["S"] is not None else 0.0)
         out = {}
         for st in self.states:
-            out.update(st.precondition({k: grads[k] for k in self._state_names(st)}, self.damping, self.pi_damping))
+            out.update(st.precondition({k: grads[k] for k in st.names}, self.damping, self.pi_damping))
         self.steps += 1
         return {n: out[n].reshape(grads[n].shape) for n in grads}
-
-    def _state_names(self, st):
-        return st.names
 
     def _fvp_operator(self, b):
         """F_batch as an ``Implicit`` operator: v ↦ (1/B) Jᵀ [Σ_d V_d V_dᵀ] J v.
@@ -244,7 +241,7 @@ class Preconditioner:
                 raise FisherkitError("no Fisher has been formed yet; call step() first")
             d = torch.cat([delta[k].reshape(-1) for k in self.info.names])
             return d @ self._operator.mv(d)
-        return sum(st.quad({k: delta[k] for k in self._state_names(st)}) for st in self.states)
+        return sum(st.quad({k: delta[k] for k in st.names}) for st in self.states)
 
     @torch.no_grad()
     def step(self) -> None:
