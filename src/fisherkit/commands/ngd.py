@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         problems: str = typer.Option("classifier,autoencoder", "--problems", help="classifier, autoencoder."),
         seed: int = typer.Option(0, "--seed", help="First seed."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json, table.md, curves.png."),
-        quick: bool = typer.Option(False, "--quick", help="1 seed, second lr of each grid, 3 epochs (< 1 min)."),
+        quick: bool = typer.Option(False, "--quick", help="1 seed, one preset lr per method, 3 epochs (< 1 min)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     ) -> int:
         from ..errors import FisherkitError
