@@ -92,11 +92,18 @@ def plain_epoch(model, data):
     model.zero_grad(set_to_none=True)
 
 
-def median_time(fn, repeats: int = 3, warmup: int = 1) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs; also its last result."""
+def median_time(fn, repeats: int = 3, warmup: int = 1, slow: float = 5.0) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs; also its last result.
+
+    A method whose warm-up took longer than ``slow`` seconds is not run again: that run is its time.
+    """
     out = None
     for _ in range(warmup):
+        t0 = time.perf_counter()
         out = fn()
+        took = time.perf_counter() - t0
+        if took > slow:  # start-up effects are negligible next to this: the warm-up run is the measurement
+            return took, out
     times = []
     for _ in range(repeats):
         gc.collect()

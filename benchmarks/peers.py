@@ -169,7 +169,7 @@ def nngeometry_methods(model, X, y, dense_params):
         lc = LayerCollection()
         mod_name = dense_params[0].rsplit(".", 1)[0]
         lc.add_layer_from_model(m, dict(m.named_modules())[mod_name])
-        return FIM(m, loader, PMatDense, variant="classif_logits", layer_collection=lc).get_dense_tensor()
+        return FIM(m, loader, PMatDense, variant="classif_logits", layer_collection=lc).to_torch()
 
     return [
         ("NNGeom", "PMatDiag (FIM)", "diag_exact", diag(False), check_key("diag_exact")),

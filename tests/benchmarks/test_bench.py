@@ -12,16 +12,17 @@ from fisherkit.cli import main
 
 def test_quick_fisherkit_only_writes_json(tmp_path, capsys):
     rc = main(["bench", "--quick", "--models", "M1", "--no-peers", "--no-memory", "--repeats", "1",
-               "--out", str(tmp_path)])
+               "--samples", "128", "--skip", "lowrank,dense", "--out", str(tmp_path)])
     assert rc == 0
     report = json.loads((tmp_path / "bench-quick.json").read_text())
     assert report["quick"] is True and report["batch"] == 128 and report["dtype"] == "float32"
     assert report["machine"]["threads"] == 1 and "torch" in report["machine"]["versions"]
     (m1,) = report["models"]
-    assert m1["model"] == "M1" and m1["samples"] == 512 and m1["params"] == 26_122
+    assert m1["model"] == "M1" and m1["samples"] == 128 and m1["params"] == 26_122
     assert m1["epoch_seconds"] > 0
     keys = {r["key"] for r in m1["rows"]}
-    assert {"diag_exact", "diag_mc", "diag_emp", "kfac_exact", "kfac_mc", "ekfac", "mv", "dense"} <= keys
+    assert {"diag_exact", "diag_mc", "diag_emp", "kfac_exact", "kfac_mc", "ekfac", "mv"} <= keys
+    assert "dense" not in keys and "lowrank" not in keys  # --skip
     for r in m1["rows"]:
         assert r["library"] == "fisherkit"  # --no-peers
         assert math.isfinite(r["ratio_epoch"]) and r["ratio_epoch"] > 0
@@ -38,6 +39,7 @@ def test_quick_fisherkit_only_writes_json(tmp_path, capsys):
         (["--repeats", "0"], "--repeats"),
         (["--threads", "0"], "--threads"),
         (["--stream-samples", "-1"], "--stream-samples"),
+        (["--samples", "0"], "--samples"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, capsys):

@@ -33,7 +33,8 @@ def find_script() -> Path:
     return script
 
 
-def build_argv(quick, models, repeats, no_peers, no_memory, stream_samples, threads, out) -> list[str]:
+def build_argv(quick, models, repeats, no_peers, no_memory, stream_samples, threads, out, samples=None,
+               skip="") -> list[str]:
     """Command-line arguments for bench_fisher.main, with user mistakes reported as FisherkitError."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     bad = [m for m in names if m not in MODELS]
@@ -45,7 +46,13 @@ def build_argv(quick, models, repeats, no_peers, no_memory, stream_samples, thre
         raise FisherkitError(f"--threads must be at least 1; got {threads}")
     if stream_samples is not None and stream_samples < 0:
         raise FisherkitError(f"--stream-samples must be ≥ 0 (0 skips the check); got {stream_samples}")
+    if samples is not None and samples < 1:
+        raise FisherkitError(f"--samples must be at least 1; got {samples}")
     argv = ["--models", ",".join(names), "--threads", str(threads)]
+    if samples is not None:
+        argv += ["--samples", str(samples)]
+    if skip:
+        argv += ["--skip", skip]
     if quick:
         argv.append("--quick")
     if repeats is not None:
@@ -82,8 +89,10 @@ def register(app: typer.Typer) -> None:
             None, "--stream-samples", help="Samples for the 10M-parameter streaming check (0 skips it)."),
         threads: int = typer.Option(1, "--threads", help="torch.set_num_threads for the timings."),
         out: Optional[Path] = typer.Option(None, "--out", help="Directory for the JSON results (default benchmarks/)."),
+        samples: Optional[int] = typer.Option(None, "--samples", help="Samples per model (overrides the defaults)."),
+        skip: str = typer.Option("", "--skip", help="Method keys to skip, e.g. lowrank,dense,ekfac."),
     ) -> int:
-        argv = build_argv(quick, models, repeats, no_peers, no_memory, stream_samples, threads, out)
+        argv = build_argv(quick, models, repeats, no_peers, no_memory, stream_samples, threads, out, samples, skip)
         script = find_script()
         spec = importlib.util.spec_from_file_location("fisherkit_bench_fisher", script)
         module = importlib.util.module_from_spec(spec)
