@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import Context, SectionResult, flat_numbers, section
+from .registry import Context, SectionResult, section
 
 
 def find(module_names: tuple[str, ...], attr: str):
@@ -44,19 +44,6 @@ def call(func, ctx: Context, **extra) -> Any:
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return func(**offered)
     return func(**{k: v for k, v in offered.items() if k in params})
-
-
-def scalars(results: Any, limit: int = 200) -> dict:
-    """The finite scalar numbers (and short strings) in a nested result, flattened, at most ``limit``."""
-    out = {}
-    for k, v in flat_numbers(results).items():
-        if isinstance(v, bool) or isinstance(v, int) or (isinstance(v, str) and len(v) < 80):
-            out[k] = v
-        elif isinstance(v, float) and math.isfinite(v):
-            out[k] = v
-        if len(out) >= limit:
-            break
-    return out
 
 
 def _fmt(x: float, pct: bool = False) -> str:
