@@ -21,7 +21,7 @@ from .streams import make_stream
 # stream -> default strengths, chosen once from single-seed λ sweeps (seed 0; see docs/continual.md)
 _SPLIT = {"l2": 0.1, "si": 10.0, "ewc": 1000.0}
 STRENGTHS = {
-    "permuted": {"l2": 0.1, "si": 10.0, "ewc": 100.0, "ewc-online": 300.0},
+    "permuted": {"l2": 0.1, "si": 10.0, "ewc": 100.0, "ewc-online": 300.0, "ewc-kfac": 10.0},
     "rotated": {"l2": 0.1, "si": 10.0, "ewc": 100.0, "ewc-online": 300.0},
     "split-task": _SPLIT, "split-domain": _SPLIT, "split-class": _SPLIT,
 }
