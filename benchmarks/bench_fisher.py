@@ -26,7 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import BATCH, big_mlp, build, batches, median_time, peak_rss_bytes, plain_epoch, rss_bytes  # noqa: E402
+from common import BATCH, batches, build, median_time, paired_time, plain_epoch  # noqa: E402
 
 import fisherkit as fk  # noqa: E402
 
@@ -104,7 +104,8 @@ def time_model(name, args, log):
     model, X, y = build(name, args.samples or (QUICK_N[name] if args.quick else None))
     data = batches(X, y)
     reps = args.repeats
-    t_epoch, _ = median_time(lambda: plain_epoch(model, data), reps)
+    epoch = lambda: plain_epoch(model, data)  # noqa: E731
+    t_epoch, _ = median_time(epoch, reps)
     rows = []
     log(f"\n{name}: {sum(p.numel() for p in model.parameters()):,} parameters, {X.shape[0]:,} samples; "
         f"plain epoch {t_epoch * 1e3:.1f} ms")
@@ -113,13 +114,13 @@ def time_model(name, args, log):
         if (name, key) in SKIP or key in args.skip:
             log(f"  fisherkit {label:<28} skipped")
             continue
-        t, res = median_time(fn, 1 if key == "lowrank" else reps)
+        t, ratio, res = paired_time(fn, epoch, reps)
         results[key] = res
         target = EPOCH_TARGETS.get(key) if name in EPOCH_TARGET_MODELS.get(key, "") else None
-        row = dict(model=name, library="fisherkit", method=label, key=key, seconds=t, ratio_epoch=t / t_epoch,
-                   target_epoch=target, met_epoch=None if target is None else t / t_epoch <= target)
+        row = dict(model=name, library="fisherkit", method=label, key=key, seconds=t, ratio_epoch=ratio,
+                   target_epoch=target, met_epoch=None if target is None else ratio <= target)
         rows.append(row)
-        log(f"  fisherkit {label:<28} {t * 1e3:9.1f} ms  {t / t_epoch:6.2f}× epoch"
+        log(f"  fisherkit {label:<28} {t * 1e3:9.1f} ms  {ratio:6.2f}× epoch"
             + ("" if target is None else f"  (target ≤ {target}: {'ok' if row['met_epoch'] else 'MISSED'})"))
     if not args.no_peers:
         from peers import peer_methods  # noqa: PLC0415
@@ -129,27 +130,27 @@ def time_model(name, args, log):
                 log(f"  {lib:<9} {label:<28} skipped (time)")
                 continue
             try:
-                t, res = median_time(fn, 1 if key == "lowrank" else reps)
+                t, ratio, res = paired_time(fn, epoch, reps)
             except Exception as e:  # a peer that does not support this model
                 log(f"  {lib:<9} {label:<28} unsupported: {type(e).__name__}: {str(e)[:80]}")
                 continue
             agree = check(res, results) if key in results else dict(ok=None, note="no fisherkit result")
             ours = next((r for r in rows if r["library"] == "fisherkit" and r["key"] == key), None)
-            row = dict(model=name, library=lib, method=label, key=key, seconds=t, ratio_epoch=t / t_epoch,
-                       agreement=agree, fisherkit_over_peer=None if ours is None else ours["seconds"] / t)
+            row = dict(model=name, library=lib, method=label, key=key, seconds=t, ratio_epoch=ratio,
+                       agreement=agree, fisherkit_over_peer=None if ours is None else ours["ratio_epoch"] / ratio)
             rows.append(row)
-            log(f"  {lib:<9} {label:<28} {t * 1e3:9.1f} ms  {t / t_epoch:6.2f}× epoch  "
+            log(f"  {lib:<9} {label:<28} {t * 1e3:9.1f} ms  {ratio:6.2f}× epoch  "
                 f"agrees: {agree['ok']} ({agree['note']})  fisherkit/peer = {row['fisherkit_over_peer']:.2f}")
     if name == "M4":
         for kind, run in func_path_methods(name, model, X, y):
-            th, dh = median_time(lambda: run(False), reps)
-            tf, df = median_time(lambda: run(True), reps)
+            tf, ratio, df = paired_time(lambda run=run: run(True), lambda run=run: run(False), reps)
+            th, dh = tf / ratio, run(False)
             err = float((dh.double() - df.double()).norm() / dh.double().norm())
             rows.append(dict(model=name, library="fisherkit", method=f"func vs hooks diag {kind}", key=f"func_{kind}",
-                             seconds=tf, hooks_seconds=th, func_over_hooks=tf / th, rel_diff=err,
-                             ratio_epoch=tf / t_epoch, target_func_over_hooks=2.0, met=tf / th <= 2.0))
+                             seconds=tf, hooks_seconds=th, func_over_hooks=ratio, rel_diff=err,
+                             ratio_epoch=tf / t_epoch, target_func_over_hooks=2.0, met=ratio <= 2.0))
             log(f"  func path diag {kind:<10} {tf * 1e3:9.1f} ms vs hooks {th * 1e3:.1f} ms: "
-                f"{tf / th:.2f}× (target ≤ 2; rel. diff {err:.1e})")
+                f"{ratio:.2f}× (target ≤ 2; rel. diff {err:.1e})")
     return dict(model=name, params=sum(p.numel() for p in model.parameters()), samples=X.shape[0],
                 epoch_seconds=t_epoch, rows=rows)
 

@@ -113,6 +113,28 @@ def median_time(fn, repeats: int = 3, warmup: int = 1, slow: float = 5.0) -> tup
     return statistics.median(times), out
 
 
+def paired_time(fn, epoch_fn, repeats: int = 3, slow: float = 5.0) -> tuple[float, float, object]:
+    """(median time of ``fn``, median ratio to an epoch timed right before each run, last result).
+
+    One untimed warm-up of ``fn`` first; if it took longer than ``slow`` seconds it is the measurement.
+    Pairing each run with its own epoch keeps the ratio honest when the machine's load drifts.
+    """
+    t0 = time.perf_counter()
+    out = fn()
+    took = time.perf_counter() - t0
+    if took > slow:
+        te, _ = median_time(epoch_fn, 1, 0)
+        return took, took / te, out
+    times, ratios = [], []
+    for _ in range(repeats):
+        gc.collect()
+        te, _ = median_time(epoch_fn, 1, 0)
+        t, out = median_time(fn, 1, 0)
+        times.append(t)
+        ratios.append(t / te)
+    return statistics.median(times), statistics.median(ratios), out
+
+
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc)."""
     with open("/proc/self/statm") as f:

@@ -26,7 +26,7 @@ def test_quick_fisherkit_only_writes_json(tmp_path, capsys):
     for r in m1["rows"]:
         assert r["library"] == "fisherkit"  # --no-peers
         assert math.isfinite(r["ratio_epoch"]) and r["ratio_epoch"] > 0
-        assert math.isclose(r["ratio_epoch"], r["seconds"] / m1["epoch_seconds"], rel_tol=1e-9)
+        assert r["seconds"] > 0 and r["ratio_epoch"] > 0  # ratio: to an epoch timed right before each run
         if r.get("target_epoch") is not None:
             assert r["met_epoch"] == (r["ratio_epoch"] <= r["target_epoch"])
     assert "fisherkit" in capsys.readouterr().out
