@@ -132,3 +132,16 @@ def test_every_subcommand_has_help_with_an_example_and_one_line_errors(path, cap
     assert main([*path, "--no-such-option"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_docs_index_links_one_existing_page_per_capability():
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    links = re.findall(r"\]\(([^)#]+\.md)\)", (docs / "index.md").read_text(encoding="utf-8"))
+    expected = {"demo.md", "stats.md", "fisher.md", "natural_gradient.md", "continual.md", "active_learning.md",
+                "performance.md", "distributed.md"}
+    assert expected <= set(links)
+    missing = [x for x in links if not (docs / x).is_file()]
+    assert not missing, f"docs/index.md links to missing pages: {missing}"
