@@ -111,15 +111,21 @@ def bench(name, model, shape, n, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default="", help="comma-separated substrings: run only matching models")
+    ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_active.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     n, repeats = (2000, 3) if args.quick else (10_000, 5)
+    repeats = args.repeats or repeats
+    wanted = [w.strip() for w in args.models.split(",") if w.strip()]
     rows = []
     print(f"EGL scoring cost, {n} points, {C} classes, float32, 1 thread; ratio = time / one plain fwd+bwd pass")
     print(f"{'model':<36}{'params':>9}{'plain s':>9}{'EGL all':>9}{'(min-max)':>13}{'last layer':>11}"
           f"{'torch.func':>11}{'max rel diff':>13}")
     for name, (model, shape) in models().items():
+        if wanted and not any(w in name for w in wanted):
+            continue
         r = bench(name, model, shape, n, repeats)
         rows.append(r)
         lo, hi = r["ratio_spread_egl_all"]

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import FisherkitError
 from .loop import run, summarize
+from .plots import plot_learning_curves  # noqa: F401  (re-exported for the demo report)
 
 # per data set: hidden width, initial labels, batch size, rounds, target accuracy, epochs per round
 CONFIGS = {
@@ -141,7 +142,7 @@ def format_table(results: dict) -> str:
         ltt = s["labels_to_target_mean_curve"]
         rel = "" if not (np.isfinite(ltt) and np.isfinite(rnd)) or name == "random" else f"{(1 - ltt / rnd):+.0%}"
         ltt_s = "never" if not np.isfinite(ltt) else f"{ltt:.0f}"
-        if np.isfinite(s["ltt_std"]) and n_seeds > 1:
+        if np.isfinite(ltt) and np.isfinite(s["ltt_std"]) and n_seeds > 1:
             ltt_s += f" ±{s['ltt_std']:.0f}"
         lines.append(f"{name:<18}{ltt_s:>16}{rel:>11}{s['reached']:>6}/{n_seeds:<2}"
                      f"{s['aulc_mean']:>10.3f} ±{s['aulc_std']:.3f}{s['final_acc_mean']:>11.3f}"
