@@ -10,6 +10,9 @@ Each configuration runs in freshly spawned processes (gloo, CPU, one thread per 
   splitting them over ranks matters), for ``split_inverses`` True and False. Reported: seconds per
   step and fisherkit's payload per step (DDP's own gradient all-reduce, 4·P bytes, is extra).
 
+Besides wall-clock time, rank 0's CPU time per call is recorded: its share of the work, which a
+loaded machine does not inflate the way it inflates wall time.
+
 Run:  python benchmarks/bench_distributed.py [--quick] [--out results.json]
 Timings on a shared 2-core machine are noisy; the load average is recorded with the results.
 """
@@ -59,12 +62,13 @@ def _timed(fn, reps, barrier):
     fn()  # warm-up
     fd.reset_traffic()
     barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
         fn()
+    cpu = (time.process_time() - c0) / reps  # this rank's CPU time: its share of the work, whatever the load
     barrier()
     sec = (time.perf_counter() - t0) / reps
-    return sec, fd.traffic["bytes"] / reps, fd.traffic["collectives"] / reps
+    return sec, cpu, fd.traffic["bytes"] / reps, fd.traffic["collectives"] / reps
 
 
 def _fisher_bench(rank, world, cfg):
@@ -86,8 +90,8 @@ def _fisher_bench(rank, world, cfg):
         else:
             fn = lambda s=s: fk.fisher(model, data, structure=s, kind="mc", batch_size=256, rank=20,  # noqa: E731
                                        generator=torch.Generator().manual_seed(0))
-        sec, nbytes, ncoll = _timed(fn, cfg["reps"], barrier)
-        out[s] = {"seconds": sec, "samples_per_s": cfg["n"] / sec, "bytes_per_call": nbytes,
+        sec, cpu, nbytes, ncoll = _timed(fn, cfg["reps"], barrier)
+        out[s] = {"seconds": sec, "cpu_seconds": cpu, "samples_per_s": cfg["n"] / sec, "bytes_per_call": nbytes,
                   "collectives_per_call": ncoll}
     return out
 
@@ -117,8 +121,8 @@ def _ngd_bench(rank, world, cfg):
             nn.functional.cross_entropy(net(X[lo:lo + per]), y[lo:lo + per]).backward()
             opt.step()
 
-        sec, nbytes, ncoll = _timed(step, cfg["steps"], torch.distributed.barrier)
-        out[f"{structure}_split{split}"] = {"seconds_per_step": sec, "bytes_per_step": nbytes,
+        sec, cpu, nbytes, ncoll = _timed(step, cfg["steps"], torch.distributed.barrier)
+        out[f"{structure}_split{split}"] = {"seconds_per_step": sec, "cpu_seconds_per_step": cpu, "bytes_per_step": nbytes,
                                            "collectives_per_step": ncoll,
                                            "ddp_grad_bytes": 4 * sum(p.numel() for p in model.parameters())}
     return out
@@ -157,19 +161,21 @@ def run(quick: bool = False) -> dict:
 def _table(res) -> str:
     one, two = res["world1"], res["world2"]
     lines = [f"fisher(...), N={res['config']['n']}, MLP 32-32-32-10 (2,442 params, float32, kind='mc' for the stored ones)",
-             f"{'structure':12s} {'1 rank s':>9s} {'2 ranks s':>9s} {'speed-up':>8s} {'samples/s (2)':>13s} "
-             f"{'bytes/call/rank':>15s} {'collectives':>11s}"]
+             f"{'structure':12s} {'1 rank s':>9s} {'2 ranks s':>9s} {'speed-up':>8s} {'CPU s 1':>8s} {'CPU s 2':>8s} "
+             f"{'samples/s (2)':>13s} {'bytes/call/rank':>15s} {'collectives':>11s}"]
     for s in STRUCTURES:
         a, b = one["fisher"][s], two["fisher"][s]
         lines.append(f"{s:12s} {a['seconds']:9.3f} {b['seconds']:9.3f} {res['fisher_speedup'][s]:8.2f} "
+                     f"{a['cpu_seconds']:8.3f} {b['cpu_seconds']:8.3f} "
                      f"{b['samples_per_s']:13.0f} {b['bytes_per_call']:15.0f} {b['collectives_per_call']:11.1f}")
     lines.append("NaturalGradient, MLP 64-384-384-10, global batch 256, update_every=inv_every=1, kind='mc'")
-    lines.append(f"{'config':20s} {'1 rank s/step':>13s} {'2 ranks s/step':>14s} {'speed-up':>8s} {'bytes/step':>11s} "
-                 f"{'DDP grad bytes':>14s}")
+    lines.append(f"{'config':20s} {'1 rank s/step':>13s} {'2 ranks s/step':>14s} {'speed-up':>8s} {'CPU s 1':>8s} "
+                 f"{'CPU s 2':>8s} {'bytes/step':>11s} {'DDP grad bytes':>14s}")
     for k, b in two["ngd"].items():
         base = one["ngd"].get(k.replace("splitFalse", "splitTrue"))
         lines.append(f"{k:20s} {base['seconds_per_step']:13.3f} {b['seconds_per_step']:14.3f} "
-                     f"{base['seconds_per_step'] / b['seconds_per_step']:8.2f} {b['bytes_per_step']:11.0f} "
+                     f"{base['seconds_per_step'] / b['seconds_per_step']:8.2f} {base['cpu_seconds_per_step']:8.3f} "
+                     f"{b['cpu_seconds_per_step']:8.3f} {b['bytes_per_step']:11.0f} "
                      f"{b['ddp_grad_bytes']:14d}")
     lines.append(f"load average before/after: {res['load_average_before']} / {res['load_average_after']}")
     return "\n".join(lines)

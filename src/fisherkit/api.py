@@ -131,10 +131,8 @@ def fisher(
         gram = sums["gram"] / n
         if structure == "dense":
             return STRUCTURES["dense"](info, n, *meta, [DenseBlock(info.names, info.numels, gram)])
-        vals, vecs = safe_eigh(gram)
-        k = min(rank, info.size)  # distributed: rank 0's top k pairs everywhere (bit-identical)
-        top = _dist.broadcast_tensors([vals.flip(0)[:k].contiguous(), vecs.flip(1)[:, :k].contiguous()], process_group)
-        return LowRank(info, n, *meta, *top)
+        k = min(rank, info.size)  # distributed: rank 0 decomposes, broadcasts its top k pairs
+        return LowRank(info, n, *meta, *_dist.top_eigenpairs(gram, k, process_group))
 
     if structure == "lowrank":  # too large for a dense Gram: Lanczos on the implicit operator
         imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)

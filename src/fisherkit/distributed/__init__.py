@@ -270,6 +270,21 @@ def eigh_split(mats: list[torch.Tensor], process_group=None, split: bool = True,
     return result
 
 
+def top_eigenpairs(m: torch.Tensor, k: int, process_group=None) -> list[torch.Tensor]:
+    """The k largest eigenpairs (descending) of a symmetric PSD matrix: [values (k), vectors (n×k)].
+
+    Distributed, rank 0 decomposes and broadcasts them (n·k + k numbers); the other ranks wait
+    instead of repeating the O(n³) work.
+    """
+    group = active_group(process_group)
+    if group is None or _dist().get_world_size(group) == 1 or _dist().get_rank(group) == 0:
+        vals, vecs = safe_eigh(m)
+        top = [vals.flip(0)[:k].contiguous(), vecs.flip(1)[:, :k].contiguous()]
+    else:
+        top = [m.new_empty(k), m.new_empty(m.shape[0], k)]
+    return broadcast_tensors(top, group, 0, "lowrank eigendecomposition")
+
+
 def rank_seed(seed: int, process_group=None) -> int:
     """A seed for this rank derived from a shared one (distinct ranks draw independent labels)."""
     if world_size(process_group) == 1:
@@ -370,6 +385,6 @@ class _Leader(Implicit):
 
 __all__ = ["DistributedError", "DistributedImplicit", "active_group", "all_reduce_sums", "announce_failure",
            "assign_owners", "broadcast_tensors", "distribute_optimizer", "eigh_split", "local_batches", "rank", "rank_generator",
-           "rank_seed", "reset_traffic", "tensor_digest", "traffic", "world_size"]
+           "rank_seed", "reset_traffic", "tensor_digest", "top_eigenpairs", "traffic", "world_size"]
 
 from .optim import distribute_optimizer  # noqa: E402  (uses the collectives above)
