@@ -79,10 +79,10 @@ def plot_lambda_sweep(sweep: dict, metric: str = "acc", reference: dict | None =
         x = np.array([float(l) for l in lams])
         ax.plot(x, mean, marker="o", ms=4, label=m)
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xscale("log")
     for label, v in (reference or {}).items():
         ax.axhline(100 * v, ls="--", color="grey", lw=1)
         ax.text(ax.get_xlim()[0], 100 * v, f" {label}", va="bottom", fontsize=7, color="grey")
-    ax.set_xscale("log")
     ax.set_xlabel("λ")
     ax.set_ylabel({"acc": "average accuracy (%)", "forgetting": "forgetting (%)", "bwt": "BWT (%)"}[metric])
     ax.grid(alpha=0.3)
