@@ -77,3 +77,12 @@ def test_cli_errors(args, match, capsys):
 def test_cli_help_has_example(capsys):
     assert main(["ewc", "--help"]) == 0
     assert "Example: fisherkit ewc" in capsys.readouterr().out
+
+
+def test_cli_compare_fishers(tmp_path, capsys):
+    rc = main(["ewc", "--stream", "split-domain", "--methods", "finetune", "--n-tasks", "2", "--epochs", "1",
+               "--compare-fishers", "--sweep", "10", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["fishers"]["methods"]) == {"ewc", "ewc-mc", "ewc-empirical", "ewc-sqbatch"}
+    assert (tmp_path / "ewc_fishers.png").stat().st_size > 1000
