@@ -124,8 +124,9 @@ def fisher(
     if structure in ("dense", "lowrank") and info.size <= DENSE_LIMIT and info.size**2 * itemsize <= max_memory:
         gram, n = torch.zeros(info.size, info.size, dtype=dtype, device=device), 0
         for bs in run(f"Fisher ({structure})"):
-            u = acc.persample_flat(bs, info)
-            gram.addmm_(u.T, u)
+            if not acc.gram_add_kron_(bs, info, gram):  # Linear-only models: no per-sample gradients
+                u = acc.persample_flat(bs, info)
+                gram.addmm_(u.T, u)
             n += bs.n
         sums, n = all_reduce_sums({"gram": gram}, n, **red)
         gram = sums["gram"] / n

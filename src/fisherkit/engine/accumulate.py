@@ -90,6 +90,56 @@ def split_sums(units: list[HookUnit], sums: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+def _flat_order(u: HookUnit) -> torch.Tensor:
+    """Positions in the unit's row-major combined [O, I] matrix of its flat (weight, then bias) entries."""
+    o, i = u.out_features, u.in_features
+    rows = torch.arange(o)[:, None] * i
+    if not u.bias:
+        return (rows + torch.arange(i)[None, :]).reshape(-1)
+    return torch.cat([(rows + torch.arange(i - 1)[None, :]).reshape(-1), rows[:, 0] + i - 1])
+
+
+def gram_add_kron_(bs: BatchStats, info: ParamInfo, gram: torch.Tensor, chunk_bytes: float = 2**28) -> bool:
+    """In place: ``gram += Σ_n Σ_d gₙ,d gₙ,dᵀ`` without per-sample gradients, when every parameter is in a
+    Linear-type hook unit (no shared positions) and there are several directions; returns False otherwise.
+
+    Block (k, l) of the Gram of per-sample gradients vec(g_k ã_kᵀ) is, in combined [O, I] coordinates,
+    Σ_n (Σ_d g_k,d g_l,dᵀ)ₙ ⊗ (ã_k ã_lᵀ)ₙ = a matmul of [O_k·O_l, B] by [B, I_k·I_l]: 2·B·P_k·P_l FLOPs
+    instead of the 2·D·B·P_k·P_l of forming the D·B per-sample gradients.
+    """
+    hook = bs.hook
+    if bs.func or not hook or hook[0][2].shape[0] < 2 or any(a.shape[1] != 1 for _, a, _ in hook):
+        return False
+    if sum(sum(info.numels[info.index(x)] for x in u.names) for u, _, _ in hook) != info.size:
+        return False
+    offs, orders = [], []
+    for u, _, _ in hook:
+        names = u.names
+        idx = [info.index(x) for x in names]
+        if idx != list(range(idx[0], idx[0] + len(idx))):
+            return False
+        offs.append(info.offsets[idx[0]])
+        orders.append(_flat_order(u).to(gram.device))
+    for k, (uk, ak, gk) in enumerate(hook):
+        for l in range(k, len(hook)):
+            ul, al, gl = hook[l]
+            ok, ik, ol, il = uk.out_features, uk.in_features, ul.out_features, ul.in_features
+            step = max(1, int(chunk_bytes // max(1, ik * il * ak.element_size())))
+            block = None
+            for s in range(0, ak.shape[0], step):
+                gg = torch.einsum("dbo,dbq->boq", gk[:, s : s + step, 0], gl[:, s : s + step, 0]).reshape(-1, ok * ol)
+                aa = (ak[s : s + step, 0, :, None] * al[s : s + step, 0, None, :]).reshape(-1, ik * il)
+                part = gg.T @ aa
+                block = part if block is None else block.add_(part)
+            block = block.reshape(ok, ol, ik, il).permute(0, 2, 1, 3).reshape(ok * ik, ol * il)
+            block = block[orders[k]][:, orders[l]]
+            rk, rl = slice(offs[k], offs[k] + block.shape[0]), slice(offs[l], offs[l] + block.shape[1])
+            gram[rk, rl] += block
+            if l != k:
+                gram[rl, rk] += block.T
+    return True
+
+
 def persample_flat(bs: BatchStats, info: ParamInfo, names: list[str] | None = None) -> torch.Tensor:
     """Per-sample gradients as a ``[D·B, P]`` matrix, columns in flat-vector order (of ``names``)."""
     names = info.names if names is None else names
