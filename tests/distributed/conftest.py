@@ -1,4 +1,4 @@
-"""One spawned run per world size (each process imports torch: slow to start), shared by the tests."""
+"""The spawned runs (2 and 3 ranks, started together: each process imports torch, slow), shared by the tests."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import pytest
 import dist_workers as w
 
 
-def _run(world, tmp_path_factory):
-    d = tmp_path_factory.mktemp(f"ranks{world}")
-    w.spawn(w.fisher_worker, world, (w.free_port(), str(d)), timeout=300)
-    return d
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """2 ranks: fisher (all structures), error paths, NaturalGradient, EWC. 3 ranks: fisher (all
+    structures, one empty shard), then the loss of a rank."""
+    dirs = {world: tmp_path_factory.mktemp(f"ranks{world}") for world in (2, 3)}
+    w.spawn_many([(w.fisher_worker, world, (w.free_port(), str(d))) for world, d in dirs.items()], timeout=400)
+    return dirs
 
 
 @pytest.fixture(scope="session")
-def run_2_ranks(tmp_path_factory):
-    """fisher (all structures), error paths, NaturalGradient and EWC on 2 ranks."""
-    return _run(2, tmp_path_factory)
+def run_2_ranks(runs):
+    return runs[2]
 
 
 @pytest.fixture(scope="session")
-def run_3_ranks(tmp_path_factory):
-    """fisher (all structures, one empty shard), then the loss of a rank on 3 ranks."""
-    return _run(3, tmp_path_factory)
+def run_3_ranks(runs):
+    return runs[3]

@@ -32,16 +32,25 @@ def init(rank: int, world: int, port: int, timeout: float = 60.0) -> None:
 
 def spawn(fn, world: int, args: tuple, timeout: float = 120.0) -> None:
     """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; fail (never hang) after ``timeout``."""
+    spawn_many([(fn, world, args)], timeout)
+
+
+def spawn_many(jobs: list, timeout: float = 120.0) -> None:
+    """Several spawned groups at once (their slow imports overlap); each job is (fn, world, args)."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(fn, args=(world, *args), nprocs=world, join=False, start_method="spawn")
+    ctxs = [mp.start_processes(fn, args=(world, *args), nprocs=world, join=False, start_method="spawn")
+            for fn, world, args in jobs]
     deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            raise TimeoutError(f"the {world} spawned ranks did not finish within {timeout} s")
+    pending = list(ctxs)
+    while pending:
+        pending = [c for c in pending if not c.join(timeout=0.5)]
+        if pending and time.monotonic() > deadline:
+            for c in ctxs:
+                for p in c.processes:
+                    if p.is_alive():
+                        p.kill()
+            raise TimeoutError(f"spawned ranks did not finish within {timeout} s")
 
 
 def model_and_data(n: int = 20, seed: int = 0):

@@ -42,10 +42,12 @@ def distribute_optimizer(optimizer, process_group=None, split_inverses: bool = T
         raise FisherkitError("distribute_optimizer needs a fisherkit NaturalGradient or Preconditioner; "
                              f"got {type(optimizer).__name__}")
     group = active_group(process_group)
-    if group is None or _dist().get_world_size(group) == 1 or getattr(pre, "_data_parallel", None):
+    if group is None or _dist().get_world_size(group) == 1:
         return optimizer
-    pre._data_parallel = _DataParallelCurvature(pre, group, split_inverses, average_gradients)
-    if optimizer is not pre:
+    if getattr(pre, "_data_parallel", None) is None:  # idempotent: Preconditioner and optimizer may both ask
+        pre._data_parallel = _DataParallelCurvature(pre, group, split_inverses, average_gradients)
+    if optimizer is not pre and not getattr(optimizer, "_data_parallel_step", False):
+        optimizer._data_parallel_step = True
         plain_step = optimizer.step
 
         def step(closure=None):
