@@ -155,10 +155,12 @@ class _DataParallelCurvature:
         mats = [m for st in states for m in ((st.t["F"],) if isinstance(st, DenseState) else (st.t["A"], st.t["G"]))]
         eigs = iter(eigh_split(mats, self.group, split=self.split, what="NaturalGradient inverse refresh"))
         for st in states:
+            # contiguous, like the optimizer's own refresh (its checkpoints resume bit-exactly)
             if isinstance(st, DenseState):
-                st.t["vals"], st.t["vecs"] = next(eigs)
+                st.t["vals"], st.t["vecs"] = (t.contiguous() for t in next(eigs))
             else:
-                (st.t["la"], st.t["qa"]), (st.t["lg"], st.t["qg"]) = next(eigs), next(eigs)
+                st.t["la"], st.t["qa"] = (t.contiguous() for t in next(eigs))
+                st.t["lg"], st.t["qg"] = (t.contiguous() for t in next(eigs))
                 if isinstance(st, EKronState):
                     st._basis_new = True
 
