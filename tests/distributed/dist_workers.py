@@ -179,6 +179,8 @@ NG_CONFIGS = [  # (structure, kind, split_inverses, extra options)
     ("dense", "exact", True, {}),
     ("implicit", "exact", True, {"cg_iters": 200, "damping": 0.1}),  # CG to convergence (test_optim_distributed)
     ("kfac", "empirical", True, {"kl_clip": 1e-3, "momentum": 0.5}),
+    ("kfac", "exact", True, {"adaptive_damping": True, "lm_every": 1}),  # step(closure): mean loss over ranks
+    ("ekfac", "exact", True, {"no_ddp": True}),  # gradients averaged by distribute_optimizer instead of DDP
 ]
 NG_STEPS, NG_BATCH = 5, 16
 
@@ -198,6 +200,8 @@ def train_ng(config, rank: int = 0, world: int = 1) -> torch.Tensor:
     from fisherkit.distributed import distribute_optimizer
 
     structure, kind, split, extra = config
+    extra = dict(extra)
+    no_ddp = extra.pop("no_ddp", False)
     model, _, _ = model_and_data()
     X, y = ng_data()
     net = model
@@ -208,15 +212,25 @@ def train_ng(config, rank: int = 0, world: int = 1) -> torch.Tensor:
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model)
-        opt = distribute_optimizer(opt, split_inverses=split)
+        net = model if no_ddp else DistributedDataParallel(model)
+        opt = distribute_optimizer(opt, split_inverses=split, average_gradients=no_ddp)
     per = NG_BATCH // world
     for t in range(NG_STEPS):
         xb, yb = X[t, rank * per:(rank + 1) * per], y[t, rank * per:(rank + 1) * per]
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(xb), yb)
-        loss.backward()
-        opt.step()
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+            loss.backward()
+            return loss
+
+        if extra.get("adaptive_damping"):
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+    if extra.get("adaptive_damping"):  # the damping moved, the same way on every rank
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()] + [torch.tensor([opt.damping])])
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
