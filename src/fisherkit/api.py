@@ -117,8 +117,7 @@ def fisher(
             acc.diag_add(bs, sums)
             n += bs.n
         sums, n = all_reduce_sums(sums, n, **red)
-        sums = acc.split_sums(plan.hook_units, sums)
-        vals = torch.cat([sums[k].reshape(-1) for k in info.names]) / n
+        vals = acc.flat_diag(plan.hook_units, sums, info, n)
         return STRUCTURES["diag"](info, n, *meta, [DiagBlock(info.names, info.numels, vals)])
 
     if structure in ("dense", "lowrank") and info.size <= DENSE_LIMIT and info.size**2 * itemsize <= max_memory:

@@ -90,6 +90,29 @@ def split_sums(units: list[HookUnit], sums: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+def flat_diag(units: list[HookUnit], sums: dict[str, torch.Tensor], info: ParamInfo, n: int) -> torch.Tensor:
+    """(1/n)·``diag_add``'s sums as one flat vector in parameter order, written straight from each unit's
+    combined [O, I] sum and freeing the sums as it goes (peak: the sums plus one P-vector)."""
+    first = next(iter(sums.values()))
+    out = torch.empty(info.size, dtype=first.dtype, device=first.device)
+    offs, numels = info.offsets, info.numels
+    for u in units:
+        m = sums.pop(u.weight, None)
+        if m is None:
+            continue
+        i = info.index(u.weight)
+        w = out[offs[i] : offs[i] + numels[i]].view(u.out_features, -1)
+        w.copy_(m[:, :-1] if u.bias else m)
+        if u.bias:
+            j = info.index(u.bias)
+            out[offs[j] : offs[j] + numels[j]].copy_(m[:, -1])
+        del m
+    for name in list(sums):
+        i = info.index(name)
+        out[offs[i] : offs[i] + numels[i]].copy_(sums.pop(name).reshape(-1))
+    return out.div_(n)
+
+
 def _flat_order(u: HookUnit) -> torch.Tensor:
     """Positions in the unit's row-major combined [O, I] matrix of its flat (weight, then bias) entries."""
     o, i = u.out_features, u.in_features
