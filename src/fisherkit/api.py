@@ -183,8 +183,10 @@ def fisher(
     kron = {}
     for u in kron_units:
         numels = [info.numels[info.index(x)] for x in u.names]
-        A, G = acc.symmetrize(sums[f"A:{u.weight}"]), acc.symmetrize(sums[f"G:{u.weight}"])
-        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), A / n, G / n)
+        # pop, mirror and scale in place: the sums are freed layer by layer instead of copied
+        A = acc.symmetrize(sums.pop(f"A:{u.weight}")).div_(n)
+        G = acc.symmetrize(sums.pop(f"G:{u.weight}")).div_(n)
+        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), A, G)
         kron[u.weight] = kb
     if structure == "ekfac" and kron_units:
         if gen is not None:

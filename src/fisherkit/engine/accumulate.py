@@ -217,7 +217,8 @@ def symmetrize(m: torch.Tensor) -> torch.Tensor:
     """The full symmetric matrix from ``gram_add_``'s upper block triangle."""
     if len(_block_bounds(m.shape[0])) == 2:
         return m
-    return torch.triu(m) + torch.triu(m, 1).T
+    upper = torch.triu(m, 1)
+    return m.triu_().add_(upper.T)
 
 
 def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], key_a: str, key_g: str) -> None:
