@@ -189,6 +189,8 @@ def main(argv=None):
     p.add_argument("--skip", default="", help="comma-separated method keys to skip, e.g. lowrank,dense,ekfac")
     p.add_argument("--out", default=None, help="JSON file to write (default benchmarks/results[-quick].json)")
     p.add_argument("--markdown", default=None, help="also write the tables into this Markdown file (between bench markers)")
+    p.add_argument("--memory-only", default=None, metavar="JSON",
+                   help="re-run only the memory probes and update this results file (and --markdown)")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -196,6 +198,18 @@ def main(argv=None):
         from memory import probe  # noqa: PLC0415
 
         print(json.dumps(probe(args.probe, args.quick)))
+        return 0
+    if args.memory_only:
+        from memory import memory_section  # noqa: PLC0415
+
+        report = json.loads(Path(args.memory_only).read_text())
+        report["memory"] = memory_section(report["quick"], args.no_peers, print)
+        report["memory_date"] = machine_info()["date"]
+        Path(args.memory_only).write_text(json.dumps(report, indent=1, default=float))
+        if args.markdown:
+            from report import write_markdown  # noqa: PLC0415
+
+            write_markdown(report, Path(args.markdown))
         return 0
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.skip = {k.strip() for k in args.skip.split(",") if k.strip()}

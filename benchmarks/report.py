@@ -41,7 +41,8 @@ def markdown(report: dict) -> str:
                              f"{r['func_over_hooks']:.2f} {'ok' if r['met'] else '**missed**'} | {r['rel_diff']:.1e} |")
         lines.append("")
     if "memory" in report:
-        lines += ["**Peak memory on M2** (fresh process per method, peak RSS above the level before the call):", "",
+        when = f", re-measured {report['memory_date']}" if "memory_date" in report else ""
+        lines += [f"**Peak memory on M2** (fresh process per method, peak RSS above the level before the call{when}):", "",
                   "| method | MiB | × plain training step | target |", "|---|---:|---:|---|"]
         for k, r in report["memory"].items():
             tgt = "" if r["target"] is None else f"≤ 2 {'ok' if r['met'] else '**missed**'}"
