@@ -46,6 +46,8 @@ def distribute_optimizer(optimizer, process_group=None, split_inverses: bool = T
         return optimizer
     if getattr(pre, "_data_parallel", None) is None:  # idempotent: Preconditioner and optimizer may both ask
         pre._data_parallel = _DataParallelCurvature(pre, group, split_inverses, average_gradients)
+    else:  # NaturalGradient distributes itself at construction; a later explicit call sets the options
+        pre._data_parallel.split, pre._data_parallel.average = split_inverses, average_gradients
     if optimizer is not pre and not getattr(optimizer, "_data_parallel_step", False):
         optimizer._data_parallel_step = True
         plain_step = optimizer.step

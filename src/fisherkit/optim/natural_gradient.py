@@ -44,12 +44,17 @@ class NaturalGradient(torch.optim.Optimizer):
             quadratic model predicts (½ΔᵀF̂Δ) and the KL actually moved on the batch
             (``fk.kl_divergence``), in ``history``.
         params: param groups (iterable of tensors or dicts) — default: the model's trainable ones.
+        process_group, split_inverses: under torch.distributed (e.g. torchrun + DDP) curvature
+            statistics are all-reduced over ``process_group`` (default: the initialised world) and
+            the eigendecompositions split over ranks (``split_inverses=False``: every rank computes
+            them all). See ``fisherkit.distributed.distribute_optimizer`` and docs/distributed.md.
     """
 
     def __init__(self, model, lr=0.1, structure="kfac", kind="mc", damping=1e-3, update_every=10, ema=0.95,
                  kl_clip=None, momentum=0.0, weight_decay=0.0, likelihood="categorical", inv_every=None,
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
-                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, seed=0, params=None):
+                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, seed=0, params=None,
+                 process_group=None, split_inverses=True):
         check_positive("lr", lr)
         check_positive("kl_clip", kl_clip, allow_none=True)
         check_fraction("momentum", momentum)
@@ -73,6 +78,11 @@ class NaturalGradient(torch.optim.Optimizer):
         self.skipped_steps = 0
         self.history: list[dict] = []
         self._name = {id(p): n for n, p in self.pre.params.items()}
+        # Inside an initialised process group (torchrun + DDP) the curvature statistics are all-reduced
+        # and the inverses split over ranks; a no-op in a single process.
+        from ..distributed import distribute_optimizer
+
+        distribute_optimizer(self, process_group, split_inverses)
 
     def remove_hooks(self) -> None:
         """Detach the forward hooks from the model (the optimizer cannot refresh its curvature after)."""
