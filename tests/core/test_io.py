@@ -93,3 +93,15 @@ def test_implicit_cannot_be_saved(tmp_path):
     m, X = make("mlp")
     with pytest.raises(fk.FisherkitError, match="implicit"):
         fk.fisher(m, (X, None), structure="implicit").save(tmp_path / "x.safetensors")
+
+
+def test_saved_file_has_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    m, X = make("mlp")
+    p = tmp_path / "f.safetensors"
+    fk.fisher(m, (X, None), structure="diag").save(p)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
