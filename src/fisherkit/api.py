@@ -161,7 +161,7 @@ def fisher(
         n += bs.n
         for u, a, g in bs.hook:
             if id(u) in kron_ids:
-                acc.kfac_add(a, g, sums, f"A:{u.weight}", f"G:{u.weight}")
+                acc.kfac_add(a, g, sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first)
         d = acc.diag_sums(bs) if any(grp in big for grp in gram_groups) else None  # once per batch
         for grp in gram_groups:
             if grp in big:

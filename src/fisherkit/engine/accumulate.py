@@ -221,9 +221,14 @@ def symmetrize(m: torch.Tensor) -> torch.Tensor:
     return m.triu_().add_(upper.T)
 
 
-def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], key_a: str, key_g: str) -> None:
-    """In place: the ``kfac_sums`` of one batch added to ``sums[key_a]`` / ``sums[key_g]`` (symmetric products)."""
-    gram_add_(sums, key_a, a.reshape(-1, a.shape[-1]), 1.0 / a.shape[1])
+def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], key_a: str, key_g: str,
+             with_a: bool = True) -> None:
+    """In place: the ``kfac_sums`` of one batch added to ``sums[key_a]`` / ``sums[key_g]`` (symmetric products).
+
+    ``with_a=False`` adds only G (later direction chunks of a batch whose A was already counted).
+    """
+    if with_a:
+        gram_add_(sums, key_a, a.reshape(-1, a.shape[-1]), 1.0 / a.shape[1])
     gram_add_(sums, key_g, g.reshape(-1, g.shape[-1]))
 
 

@@ -27,6 +27,7 @@ class BatchStats:
     n: int
     hook: list[tuple[HookUnit, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     func: dict[str, torch.Tensor] = field(default_factory=dict)
+    first: bool = True  # False for the later direction chunks of a batch (n = 0 there; layer inputs repeat)
 
 
 def check_batchnorm(model: nn.Module, allow_batchnorm_train: bool) -> None:
@@ -60,12 +61,13 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _output_grads(out, zs, v):
+def _output_grads(out, zs, v, retain=False):
     if v.shape[0] == 1:
-        gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=False)
+        gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=retain)
         return [None if g is None else g.unsqueeze(0) for g in gs]
     try:
-        return list(torch.autograd.grad(out, zs, grad_outputs=v, is_grads_batched=True, allow_unused=True))
+        return list(torch.autograd.grad(out, zs, grad_outputs=v, is_grads_batched=True, allow_unused=True,
+                                        retain_graph=retain))
     except RuntimeError:  # an op without a batching rule: one backward per direction
         cols = [torch.autograd.grad(out, zs, grad_outputs=vd, allow_unused=True, retain_graph=True) for vd in v]
         return [None if cols[0][i] is None else torch.stack([c[i] for c in cols]) for i in range(len(zs))]
@@ -117,28 +119,35 @@ def gather(
             first = False
         lik.check(out, y if kind == "empirical" else None, i)
         v = directions(lik, out, y, kind, mc_samples, generator, i)
-        stats = BatchStats(i, x.shape[0])
-        if units:
-            pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
-            idx = [pos[id(u)] for u in units]
-            zs = [cap.outputs[j][0] for j in idx]
-            gzs = _output_grads(out, zs, v)
-            for u, j, gz in zip(units, idx, gzs):
-                a = unit_activations(u, cap.inputs[j][0])
-                if gz is None:
-                    gz = a.new_zeros((v.shape[0],) + tuple(zs[idx.index(j)].shape))
-                g = unit_output_grads(u, gz)
-                if not _all_finite(g):
-                    raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
-                stats.hook.append((u, a, g))
-        if plan.func_names and need_func:
-            with _BatchNormEval(model):
-                grads = persample_grads(model, plan.func_names, x, v, max_memory)
-            for n, g in grads.items():
-                if not _all_finite(g):
-                    raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-            stats.func = grads
-        yield stats
+        pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
+        idx = [pos[id(u)] for u in units]
+        zs = [cap.outputs[j][0] for j in idx]
+        acts = [unit_activations(u, cap.inputs[j][0]) for u, j in zip(units, idx)]
+        # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
+        # with temporaries); above max_memory the directions go through the backward in chunks.
+        d_total = v.shape[0]
+        per_direction = 3 * sum(z.numel() for z in zs) * v.element_size()
+        chunk = max(1, min(d_total, int(max_memory // max(1, per_direction))))
+        for c0 in range(0, d_total, chunk):
+            vc = v[c0 : c0 + chunk]
+            stats = BatchStats(i, x.shape[0] if c0 == 0 else 0, first=c0 == 0)
+            if units:
+                gzs = _output_grads(out, zs, vc, retain=c0 + chunk < d_total)
+                for u, a, z, gz in zip(units, acts, zs, gzs):
+                    if gz is None:
+                        gz = a.new_zeros((vc.shape[0],) + tuple(z.shape))
+                    g = unit_output_grads(u, gz)
+                    if not _all_finite(g):
+                        raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
+                    stats.hook.append((u, a, g))
+            if plan.func_names and need_func:
+                with _BatchNormEval(model):
+                    grads = persample_grads(model, plan.func_names, x, vc, max_memory)
+                for n, g in grads.items():
+                    if not _all_finite(g):
+                        raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
+                stats.func = grads
+            yield stats
 
 
 def warn_fallback(plan: Plan, structure: str) -> None:
