@@ -189,7 +189,12 @@ def kfac_sums(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 SYM_BLOCK = 256  # column-block width of the symmetric Gram accumulation
 
 
+SYM_MAX = 4096  # above this the n² output traffic dominates: one plain matmul, no mirroring pass
+
+
 def _block_bounds(n: int) -> list[int]:
+    if n > SYM_MAX:
+        return [0, n]
     k = max(1, round(n / SYM_BLOCK))
     return [round(i * n / k) for i in range(k + 1)]
 
