@@ -1,5 +1,7 @@
 """Every structure that claims exactness matches the brute force (tests/reference.py) to 1e-10."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -110,3 +112,20 @@ def test_attention_out_proj_falls_back_to_torch_func(cases):
     m, X, y, F, _ = cases["attention", "categorical"]
     D = fk.fisher(m, (X, y), structure="diag")
     assert rel(D.diag(), F.diagonal()) < 1e-10
+
+
+@pytest.mark.parametrize("structure", ["kfac", "ekfac", "block"])
+def test_structures_on_attention_keep_every_parameter(cases, structure):
+    """MultiheadAttention bypasses out_proj's hooks; its parameters still land in exact dense/diag blocks."""
+    m, X, y, F, _ = cases["attention", "categorical"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        K = fk.fisher(m, (X, y), structure=structure)
+    assert K.info.size == F.shape[0]
+    assert sorted(n for b in K.blocks for n in b.names) == sorted(K.info.names)
+    names = [n for n in K.info.names if "out_proj" in n]
+    assert names, "the attention layer's out_proj parameters are missing"
+    idx = torch.cat([torch.arange(o, o + k) for n, o, k in zip(K.info.names, K.info.offsets, K.info.numels)
+                     if n in names])
+    # those parameters are off the hook path, so their block is exact
+    assert rel(K.to_dense()[idx][:, idx], F[idx][:, idx]) < 1e-10
