@@ -11,7 +11,7 @@ import fisherkit as fk
 from fisherkit.continual import EWC, MultiHeadMLP
 from fisherkit.errors import FisherkitError, NonFiniteError, ShapeError
 
-from conftest import perturb, small_data, small_mlp
+from .conftest import perturb, small_data, small_mlp
 
 
 def flat_params(model):

@@ -55,6 +55,8 @@ def directions(
     if kind == "exact":
         return exact_directions(lik, f)
     if kind == "mc":
+        if mc_samples == 1:
+            return lik.residual(f, lik.sample(f, generator)).unsqueeze(0)
         ys = [lik.sample(f, generator) for _ in range(mc_samples)]
         return torch.stack([lik.residual(f, yy) for yy in ys]) / math.sqrt(mc_samples)
     if y is None:
