@@ -38,6 +38,15 @@ class Likelihood:
             idx = (~torch.isfinite(f)).nonzero()[0].tolist()
             raise NonFiniteError(f"model output is not finite at index {idx}{where}")
 
+    def _check_same_shape(self, f: torch.Tensor, y: torch.Tensor, batch: int | None) -> str:
+        """Targets shaped like the outputs (Gaussian, Bernoulli); returns the ' in batch i' suffix."""
+        where = f" in batch {batch}" if batch is not None else ""
+        if tuple(y.shape) != tuple(f.shape):
+            raise ShapeError(
+                f"{self.name} targets of shape {tuple(y.shape)} do not fit outputs of shape {tuple(f.shape)}{where}"
+            )
+        return where
+
     def nll(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -137,9 +146,7 @@ class Gaussian(Likelihood):
         super().check(f, y, batch)
         if y is None:
             return
-        where = f" in batch {batch}" if batch is not None else ""
-        if tuple(y.shape) != tuple(f.shape):
-            raise ShapeError(f"gaussian targets of shape {tuple(y.shape)} do not fit outputs of shape {tuple(f.shape)}{where}")
+        where = self._check_same_shape(f, y, batch)
         if not torch.isfinite(y).all():
             raise NonFiniteError(f"gaussian target is not finite at index {(~torch.isfinite(y)).nonzero()[0].tolist()}{where}")
 
@@ -179,9 +186,7 @@ class Bernoulli(Likelihood):
         super().check(f, y, batch)
         if y is None:
             return
-        where = f" in batch {batch}" if batch is not None else ""
-        if tuple(y.shape) != tuple(f.shape):
-            raise ShapeError(f"bernoulli targets of shape {tuple(y.shape)} do not fit outputs of shape {tuple(f.shape)}{where}")
+        where = self._check_same_shape(f, y, batch)
         bad = (y != 0) & (y != 1)
         if bad.any():
             i = bad.nonzero()[0].tolist()
