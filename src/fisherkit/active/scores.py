@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..engine.functional import persample_grads
-from ..engine.units import Capture, make_plan, select_params, unit_activations, unit_output_grads
+from ..engine.units import capture_forward, make_plan, select_params, unit_activations, unit_output_grads
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood, get_likelihood
 from ._checks import as_pool, check_outputs, eval_mode
@@ -107,28 +107,17 @@ def _scores_all(model, X, lik, top_classes, batch_size, params):
     pieces = []
     for s in range(0, X.shape[0], batch_size):
         x = X[s : s + batch_size]
-        units = plan.hook_units
-        with Capture(units) as cap, torch.enable_grad():
-            out = model(x)
+        out, units, inputs, zs = capture_forward(model, x, plan, settle=first)
+        first = False
         check_outputs(out, lik.name)
-        if first:
-            bad = cap.misfired()
-            if bad:
-                from ..engine.units import demote
-
-                demote(plan, bad)
-                units = plan.hook_units
-            first = False
         v, w = label_directions(lik, out, top_classes)
         score = out.new_zeros(x.shape[0])
         if units:
-            idx = [cap.units.index(u) for u in units]
-            zs = [cap.outputs[j][0] for j in idx]
             gzs = _output_grads(out, zs, v)
-            for u, j, gz in zip(units, idx, gzs):
+            for u, inp, gz in zip(units, inputs, gzs):
                 if gz is None:
                     continue
-                a = unit_activations(u, cap.inputs[j][0])
+                a = unit_activations(u, inp)
                 sq = _unit_sqnorm(a, unit_output_grads(u, gz))
                 score += (w * sq).sum(0)
         if plan.func_names:

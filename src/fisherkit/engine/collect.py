@@ -17,8 +17,8 @@ from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood
 from .data import iterate_batches, model_device_dtype
 from .directions import directions
-from .functional import no_fused_attention, persample_grads
-from .units import Capture, HookUnit, Plan, demote, unit_activations, unit_output_grads
+from .functional import persample_grads
+from .units import HookUnit, Plan, capture_forward, unit_activations, unit_output_grads
 
 
 @dataclass
@@ -106,23 +106,13 @@ def gather(
     batches = iterate_batches(data, batch_size, device, dtype)
     first = True
     for i, x, y in _progress(batches, total, progress, description):
-        units = plan.hook_units
-        with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
-            out = model(x)
+        out, units, inputs, zs = capture_forward(model, x, plan, settle=first)
+        first = False
         if not isinstance(out, torch.Tensor):
             raise FisherkitError(f"the model returned a {type(out).__name__}; fisherkit needs a tensor of outputs")
-        if first:
-            bad = cap.misfired()
-            if bad:
-                demote(plan, bad)
-                units = plan.hook_units
-            first = False
         lik.check(out, y if kind == "empirical" else None, i)
         v = directions(lik, out, y, kind, mc_samples, generator, i)
-        pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
-        idx = [pos[id(u)] for u in units]
-        zs = [cap.outputs[j][0] for j in idx]
-        acts = [unit_activations(u, cap.inputs[j][0]) for u, j in zip(units, idx)]
+        acts = [unit_activations(u, a) for u, a in zip(units, inputs)]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.
         d_total = v.shape[0]

@@ -185,6 +185,27 @@ class Capture:
         return [u for i, u in enumerate(self.units) if len(self.inputs.get(i, [])) != 1]
 
 
+def capture_forward(model: nn.Module, x: torch.Tensor, plan: Plan, settle: bool):
+    """One forward pass with hooks on the plan's units.
+
+    With ``settle`` (the first batch), units whose hooks did not fire exactly once move to the
+    torch.func path. Returns ``(output, units, inputs, outputs)``, the last two aligned with ``units``.
+    """
+    from .functional import no_fused_attention
+
+    units = plan.hook_units
+    with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
+        out = model(x)
+    if settle:
+        bad = cap.misfired()
+        if bad:
+            demote(plan, bad)
+            units = plan.hook_units
+    pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
+    idx = [pos[id(u)] for u in units]
+    return out, units, [cap.inputs[j][0] for j in idx], [cap.outputs[j][0] for j in idx]
+
+
 def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:
     """ã of shape [B, T, I]: the layer input (conv: unfolded patches) with a 1 appended for the bias."""
     m = unit.module
