@@ -22,9 +22,11 @@ from .distributed import all_reduce_sums
 from .engine import accumulate as acc
 from .engine.collect import check_batchnorm, gather, warn_fallback
 from .engine.data import iterate_batches, model_device_dtype
-from .engine.directions import check_kind, directions
+from .choices import check_kind, check_structure
+from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params
-from .engine.units import make_plan, select_params
+from .engine.units import make_plan
+from .params import select_params
 from .errors import FisherkitError
 from .likelihoods import Likelihood, get_likelihood
 
@@ -77,8 +79,7 @@ def fisher(
 
     Returns a ``Curvature``; e.g. ``fk.fisher(net, (X, y), structure="kfac").solve(g, 1e-3)``.
     """
-    if structure not in STRUCTURES:
-        raise FisherkitError(f"unknown structure {structure!r}; use one of {list(STRUCTURES)}")
+    check_structure(structure)
     lik = get_likelihood(likelihood)
     check_kind(kind, mc_samples)
     check_batchnorm(model, allow_batchnorm_train)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .errors import NonFiniteError, ShapeError, SupportError
+from .errors import FisherkitError, NonFiniteError, ShapeError, SupportError
 
 
 class Likelihood:
@@ -224,10 +224,15 @@ def get_likelihood(likelihood: str | Likelihood | dict) -> Likelihood:
         return likelihood
     if isinstance(likelihood, dict):
         cfg = dict(likelihood)
-        name = cfg.pop("name")
-        return _BY_NAME[name](**cfg)
+        name = cfg.pop("name", None)
+        if name not in _BY_NAME:
+            raise FisherkitError(f"likelihood config {likelihood!r} names no known likelihood; use one of {sorted(_BY_NAME)}")
+        try:
+            return _BY_NAME[name](**cfg)
+        except TypeError as e:
+            raise FisherkitError(f"bad options for the {name} likelihood: {e}") from None
     if isinstance(likelihood, str) and likelihood.lower() in _BY_NAME:
         return _BY_NAME[likelihood.lower()]()
-    raise ValueError(
+    raise FisherkitError(
         f"unknown likelihood {likelihood!r}; use one of {sorted(_BY_NAME)} or a fisherkit.Likelihood object"
     )

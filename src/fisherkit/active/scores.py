@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..engine.functional import persample_grads
-from ..engine.units import capture_forward, make_plan, select_params, unit_activations, unit_output_grads
+from ..engine.units import capture_forward, make_plan, unit_activations, unit_output_grads
+from ..params import select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood, get_likelihood
 from ._checks import as_pool, check_outputs, eval_mode
@@ -32,10 +33,7 @@ SCOPES = ("all", "last_layer")
 
 
 def _likelihood(likelihood) -> Likelihood:
-    try:
-        return get_likelihood(likelihood)
-    except (ValueError, KeyError) as e:
-        raise FisherkitError(str(e)) from None
+    return get_likelihood(likelihood)
 
 
 def label_directions(lik: Likelihood, f: torch.Tensor, top_classes: int | None = None):

@@ -35,14 +35,15 @@ import torch
 
 from .. import api
 from .._version import __version__
-from ..curvature import STRUCTURES
-from ..curvature.io import _block_state, _make_block, atomic_write_safetensors, read_safetensors
-from ..engine.units import ParamInfo
+from ..curvature.io import atomic_write_safetensors, check_against_model, from_tensors, read_safetensors, to_tensors
+from ..choices import check_structure
 from ..errors import FisherkitError, NonFiniteError, ShapeError
 from ..likelihoods import get_likelihood
 from .fishers import WRONG_KIND, squared_batch_mean_fisher
 
-EWC_STRUCTURES = ("diag", "kfac", "ekfac", "block", "dense")
+EWC_STRUCTURES = ("diag", "kfac", "ekfac", "block", "dense", "lowrank")
+EWC_REFUSED = {"implicit": "an implicit Fisher stores no matrix: every penalty evaluation would re-run the old "
+                           "task's data, which EWC exists to avoid; use 'lowrank' (its top eigenpairs) or 'kfac'"}
 KINDS = ("exact", "mc", "empirical", WRONG_KIND)
 MERGEABLE = ("diag", "block", "dense")
 FORMAT_VERSION = 1
@@ -66,17 +67,6 @@ def _check_number(name, value, low, high=math.inf, low_open=False):
         rng = f"{'(' if low_open else '['}{low}, {high}]"
         raise FisherkitError(f"{name} must be a finite number in {rng}; got {value!r}")
     return float(value)
-
-
-def _curv_tensors(F):
-    for b in F.blocks:
-        stack = [b]
-        while stack:
-            x = stack.pop()
-            if hasattr(x, "terms"):
-                stack.extend(x.terms)
-            else:
-                yield x.names, x.state()[0]
 
 
 def _is_empty(data) -> bool:
@@ -116,8 +106,7 @@ class EWC:
         if mode not in ("separate", "online"):
             raise FisherkitError(f"mode must be 'separate' or 'online'; got {mode!r}")
         self.gamma = _check_number("gamma (γ)", gamma, 0.0, 1.0)
-        if structure not in EWC_STRUCTURES:
-            raise FisherkitError(f"structure {structure!r} is not supported by EWC; use one of {list(EWC_STRUCTURES)}")
+        check_structure(structure, EWC_STRUCTURES, EWC_REFUSED)
         if kind not in KINDS:
             raise FisherkitError(f"kind must be one of {list(KINDS)}; got {kind!r}")
         if kind == WRONG_KIND and structure != "diag":
@@ -146,11 +135,10 @@ class EWC:
         finally:
             for m, training in modes.items():
                 m.train(training)
-        for names, tensors in _curv_tensors(F):
-            for key, t in tensors.items():
-                if not torch.isfinite(t).all():
-                    raise NonFiniteError(f"the Fisher of {names} has non-finite entries ({key}); "
-                                         "check the data and the model's outputs for NaN/inf")
+        for key, t in to_tensors(F)[0].items():
+            if not torch.isfinite(t).all():
+                raise NonFiniteError(f"the Fisher has non-finite entries ({key}); "
+                                     "check the data and the model's outputs for NaN/inf")
         return F
 
     def consolidate(self, task_data, params=None, generator=None, progress=False) -> "EWC":
@@ -225,15 +213,11 @@ class EWC:
         tensors: dict[str, torch.Tensor] = {}
         terms = []
         for i, term in enumerate(self.terms):
-            F = term.fisher
-            descs: list = []
-            for j, b in enumerate(F.blocks):
-                _block_state(f"t{i}.F.b{j}", b, tensors, descs)
+            ft, meta = to_tensors(term.fisher, f"t{i}.F.")
+            tensors.update(ft)
             for n, a in term.anchor.items():
                 tensors[f"t{i}.anchor.{n}"] = a
-            terms.append({"weight": term.weight, "tasks": term.tasks, "names": F.info.names,
-                          "shapes": [list(s) for s in F.info.shapes], "structure": F.structure, "kind": F.kind,
-                          "likelihood": F.likelihood, "num_samples": F.num_samples, "blocks": descs})
+            terms.append({"weight": term.weight, "tasks": term.tasks, **meta})
         model_sig = [[n, list(p.shape)] for n, p in self.model.named_parameters()]
         header = {"format": "fisherkit.ewc", "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
                   "config": json.dumps(self._config()), "terms": json.dumps(terms), "model": json.dumps(model_sig)}
@@ -247,14 +231,9 @@ class EWC:
             raise FisherkitError(f"{path} is not a fisherkit EWC file (format={header.get('format')!r})")
         if int(header.get("format_version", "0")) > FORMAT_VERSION:
             raise FisherkitError(f"{path} was written by a newer fisherkit (EWC format {header['format_version']})")
-        saved = {n: tuple(s) for n, s in json.loads(header["model"])}
-        have = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        problems = [f"{n} is not in the model" for n in saved if n not in have]
-        problems += [f"{n} has shape {saved[n]} in the file but {have[n]} in the model"
-                     for n in saved if n in have and saved[n] != have[n]]
-        problems += [f"the model has {n} {have[n]}, the file's model did not" for n in have if n not in saved]
-        if problems:
-            raise FisherkitError(f"the EWC state in {path} was saved from a different model: " + "; ".join(problems[:8]))
+        saved = json.loads(header["model"])
+        check_against_model([n for n, _ in saved], [tuple(s) for _, s in saved], model,
+                            f"the EWC state in {path} (saved from a different model)", exact=True)
         cfg = json.loads(header["config"])
         ewc = cls(model, lam=cfg["lam"], mode=cfg["mode"], gamma=cfg["gamma"], structure=cfg["structure"],
                   kind=cfg["kind"], likelihood=cfg["likelihood"], mc_samples=cfg["mc_samples"],
@@ -262,10 +241,8 @@ class EWC:
         p0 = next(model.parameters())
         tensors = {k: v.to(device=p0.device, dtype=p0.dtype) for k, v in tensors.items()}
         for i, t in enumerate(json.loads(header["terms"])):
-            info = ParamInfo(list(t["names"]), [tuple(s) for s in t["shapes"]])
-            F = STRUCTURES[t["structure"]](info, t["num_samples"], t["kind"], t["likelihood"],
-                                           [_make_block(d, tensors) for d in t["blocks"]])
-            anchor = {n: tensors[f"t{i}.anchor.{n}"] for n in info.names}
+            F = from_tensors(t, tensors)
+            anchor = {n: tensors[f"t{i}.anchor.{n}"] for n in F.info.names}
             ewc.terms.append(Term(F, anchor, float(t["weight"]), list(t["tasks"])))
         ewc.num_tasks = cfg["num_tasks"]
         return ewc

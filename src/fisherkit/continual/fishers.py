@@ -19,7 +19,7 @@ import torch
 from ..curvature import STRUCTURES
 from ..curvature.blocks import DiagBlock
 from ..engine.data import iterate_batches, model_device_dtype
-from ..engine.units import ParamInfo, select_params
+from ..params import ParamInfo, select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
 

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..errors import FisherkitError, ShapeError
-from ..engine.units import ParamInfo
+from ..params import ParamInfo
 from .blocks import Block, SumBlock
 
 DENSE_LIMIT = 20_000  # largest P for which to_dense / eigh of the full matrix is allowed

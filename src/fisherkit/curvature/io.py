@@ -11,7 +11,7 @@ import torch
 
 from .._version import __version__
 from ..errors import FisherkitError
-from ..engine.units import ParamInfo
+from ..params import ParamInfo
 from .blocks import DenseBlock, DiagBlock, EKronBlock, KronBlock, SumBlock
 
 FORMAT_VERSION = 1
@@ -69,16 +69,37 @@ def _block_state(prefix: str, b, tensors: dict, descs: list) -> None:
     descs.append({"kind": b.kind, "names": b.names, "numels": b.numels, "prefix": prefix, "extra": extra})
 
 
-def save(curv, path) -> None:
+def to_tensors(curv, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """A curvature as (tensors named ``prefix…``, JSON-able metadata): what ``save`` writes, and what
+    other state files (EWC) embed. Inverse: ``from_tensors``."""
     meta = curv.metadata()
     tensors: dict[str, torch.Tensor] = {}
     if curv.structure == "lowrank":
-        tensors = {"values": curv.values, "vectors": curv.vectors}
+        tensors = {f"{prefix}values": curv.values, f"{prefix}vectors": curv.vectors}
     else:
         descs: list = []
         for i, b in enumerate(curv.blocks):
-            _block_state(f"b{i}", b, tensors, descs)
+            _block_state(f"{prefix}b{i}", b, tensors, descs)
         meta["blocks"] = descs
+    return tensors, meta
+
+
+def from_tensors(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = ""):
+    """The curvature ``to_tensors`` described (tensors already on the wanted device and dtype)."""
+    from . import STRUCTURES
+
+    if meta.get("structure") not in STRUCTURES or meta["structure"] == "implicit":
+        raise FisherkitError(f"unknown saved structure {meta.get('structure')!r}")
+    info = ParamInfo(list(meta["names"]), [tuple(s) for s in meta["shapes"]])
+    args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
+    cls = STRUCTURES[meta["structure"]]
+    if meta["structure"] == "lowrank":
+        return cls(*args, tensors[f"{prefix}values"], tensors[f"{prefix}vectors"])
+    return cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])
+
+
+def save(curv, path) -> None:
+    tensors, meta = to_tensors(curv)
     header = {"format": "fisherkit.curvature", "format_version": str(FORMAT_VERSION),
               "fisherkit_version": __version__, "meta": json.dumps(meta)}
     atomic_write_safetensors(tensors, header, path)
@@ -95,8 +116,10 @@ def _make_block(desc, tensors):
     return cls(desc["names"], desc["numels"], *args)
 
 
-def check_against_model(names: list[str], shapes: list[tuple], model: torch.nn.Module, what: str) -> None:
-    """Raise listing every difference between saved parameter names/shapes and the model's."""
+def check_against_model(names: list[str], shapes: list[tuple], model: torch.nn.Module, what: str,
+                        exact: bool = False) -> None:
+    """Raise listing every difference between saved parameter names/shapes and the model's
+    (``exact``: also parameters the model has and the file does not)."""
     have = {n: tuple(p.shape) for n, p in model.named_parameters()}
     problems = []
     for n, s in zip(names, shapes):
@@ -104,6 +127,8 @@ def check_against_model(names: list[str], shapes: list[tuple], model: torch.nn.M
             problems.append(f"{n} is not in the model")
         elif tuple(s) != have[n]:
             problems.append(f"{n} has shape {tuple(s)} in the file but {have[n]} in the model")
+    if exact:
+        problems += [f"the model has {n} {have[n]}, the file's model did not" for n in have if n not in set(names)]
     if problems:
         raise FisherkitError(f"{what} does not match this model: " + "; ".join(problems[:10]))
 
@@ -115,8 +140,6 @@ def load(path, model: torch.nn.Module | None = None, map_location=None):
     differences) and tensors land on the model's device and dtype; ``map_location`` overrides the
     device.
     """
-    from . import STRUCTURES
-
     tensors, header = read_safetensors(path)
     if header.get("format") != "fisherkit.curvature":
         raise FisherkitError(f"{path} is not a fisherkit Fisher file (format={header.get('format')!r})")
@@ -131,9 +154,4 @@ def load(path, model: torch.nn.Module | None = None, map_location=None):
         device = device or p0.device
         dtype = p0.dtype
     tensors = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in tensors.items()}
-    info = ParamInfo(list(meta["names"]), shapes)
-    cls = STRUCTURES[meta["structure"]]
-    args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
-    if meta["structure"] == "lowrank":
-        return cls(*args, tensors["values"], tensors["vectors"])
-    return cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])
+    return from_tensors(meta, tensors)

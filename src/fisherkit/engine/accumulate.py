@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from .collect import BatchStats
-from .units import HookUnit, ParamInfo
+from ..params import ParamInfo
+from .units import HookUnit
 
 
 def hook_persample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -17,16 +17,6 @@ import torch
 from ..errors import FisherkitError
 from ..likelihoods import Likelihood
 
-KINDS = ("exact", "mc", "empirical")
-
-
-def check_kind(kind: str, mc_samples: int) -> None:
-    if kind not in KINDS:
-        raise FisherkitError(f"unknown kind {kind!r}; use one of {KINDS}")
-    if kind == "mc" and (not isinstance(mc_samples, int) or mc_samples < 1):
-        raise FisherkitError(f"mc_samples must be a positive integer; got {mc_samples!r}")
-
-
 def exact_directions(lik: Likelihood, f: torch.Tensor) -> torch.Tensor:
     s = lik.sqrt_fisher(f)  # [B, *E, C, K]
     b, c, k = s.shape[0], s.shape[-2], s.shape[-1]

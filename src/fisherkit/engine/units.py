@@ -16,66 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import FisherkitError
+from ..params import ParamInfo
 
 HOOKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
-
-@dataclass
-class ParamInfo:
-    """Names and shapes of the differentiated parameters, in ``named_parameters`` order."""
-
-    names: list[str]
-    shapes: list[tuple[int, ...]]
-
-    @property
-    def numels(self) -> list[int]:
-        out = []
-        for s in self.shapes:
-            n = 1
-            for d in s:
-                n *= d
-            out.append(n)
-        return out
-
-    @property
-    def offsets(self) -> list[int]:
-        off, acc = [], 0
-        for n in self.numels:
-            off.append(acc)
-            acc += n
-        return off
-
-    @property
-    def size(self) -> int:
-        return sum(self.numels)
-
-    def index(self, name: str) -> int:
-        return self.names.index(name)
-
-
-def select_params(model: nn.Module, params=None) -> dict[str, nn.Parameter]:
-    """The parameters to differentiate: ``requires_grad`` ones, or the given names / tensors."""
-    named = dict(model.named_parameters())
-    if params is None:
-        chosen = {n: p for n, p in named.items() if p.requires_grad}
-    else:
-        ids = {id(p): n for n, p in named.items()}
-        wanted = set()
-        for p in params:
-            if isinstance(p, str):
-                if p not in named:
-                    raise FisherkitError(f"parameter {p!r} is not in the model (it has {list(named)[:8]}...)")
-                wanted.add(p)
-            elif isinstance(p, torch.Tensor):
-                if id(p) not in ids:
-                    raise FisherkitError(f"a tensor of shape {tuple(p.shape)} in params= is not a parameter of the model")
-                wanted.add(ids[id(p)])
-            else:
-                raise FisherkitError(f"params= takes parameter names or tensors; got {type(p).__name__}")
-        chosen = {n: p for n, p in named.items() if n in wanted}
-    if not chosen:
-        raise FisherkitError("the model has no trainable parameters to compute a Fisher for")
-    return chosen
 
 
 @dataclass

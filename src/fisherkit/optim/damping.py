@@ -15,35 +15,6 @@ import math
 
 import torch
 
-from ..errors import FisherkitError
-
-STRUCTURES = ("kfac", "ekfac", "diag", "dense", "implicit")
-KINDS = ("mc", "exact", "empirical")
-
-
-def check_positive(name: str, value, allow_none: bool = False) -> None:
-    """Raise ``FisherkitError`` unless ``value`` is a finite number > 0 (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise FisherkitError(f"{name} must be a finite number > 0; got {value!r}")
-
-
-def check_fraction(name: str, value) -> None:
-    """``value`` in [0, 1) (EMA decay, momentum)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
-        raise FisherkitError(f"{name} must be a number in [0, 1); got {value!r}")
-
-
-def check_every(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FisherkitError(f"{name} must be a positive integer (a number of steps); got {value!r}")
-
-
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise FisherkitError(f"unknown {name} {value!r}; use one of {list(choices)}")
-
 
 def pi_factor(A: torch.Tensor, G: torch.Tensor) -> float:
     """π = √((tr A / dim A) / (tr G / dim G)) (1 when either trace is 0)."""

@@ -24,7 +24,8 @@ import math
 import torch
 
 from ..errors import FisherkitError, NonFiniteError
-from .damping import check_fraction, check_positive, levenberg_marquardt
+from ..choices import check_fraction, check_positive
+from .damping import levenberg_marquardt
 from .preconditioner import Preconditioner
 
 

@@ -23,14 +23,23 @@ import torch
 
 from ..curvature.implicit import Implicit
 from ..engine.functional import persample_grads
-from ..engine.units import make_plan, select_params
+from ..engine.units import make_plan
+from ..params import select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
 from .capture import Recorder
 from .curvature_state import DenseState, DiagState, EKronState, KronState, diag_from_batch, persample_matrix
-from .damping import KINDS, STRUCTURES, check_choice, check_every, check_fraction, check_positive
+from ..choices import KINDS, check_choice, check_every, check_fraction, check_positive, check_structure
 
 DENSE_OPTIM_LIMIT = 5000
+OPTIM_STRUCTURES = ("kfac", "ekfac", "diag", "dense", "implicit")
+OPTIM_REFUSED = {
+    "block": "a per-layer dense block is refreshed from one mini-batch of B ≪ P samples, so it is rank-deficient "
+             "and its damped inverse is dominated by the damping; use 'kfac' or 'ekfac' (per-layer, full rank), "
+             "or 'dense' for a small model",
+    "lowrank": "a rank-k eigendecomposition of a moving-average Fisher costs a P×P eigh per refresh; use "
+               "'implicit' (conjugate gradients on the batch Fisher) or 'kfac'",
+}
 
 
 class Preconditioner:
@@ -53,7 +62,7 @@ class Preconditioner:
                  loss_reduction="mean", cg_iters=20, cg_tol=1e-6, seed=0, params=None):
         if not isinstance(model, torch.nn.Module):
             raise FisherkitError(f"Preconditioner needs the torch.nn.Module being trained; got {type(model).__name__}")
-        check_choice("structure", structure, STRUCTURES)
+        check_structure(structure, OPTIM_STRUCTURES, OPTIM_REFUSED)
         check_choice("kind", kind, KINDS)
         check_choice("loss_reduction", loss_reduction, ("mean", "sum"))
         check_positive("damping", damping)
@@ -63,10 +72,7 @@ class Preconditioner:
         check_every("mc_samples", mc_samples)
         check_every("cg_iters", cg_iters)
         check_fraction("ema", ema)
-        try:
-            self.lik = get_likelihood(likelihood)
-        except (ValueError, KeyError, TypeError) as e:
-            raise FisherkitError(str(e)) from None
+        self.lik = get_likelihood(likelihood)
         self.model, self.structure, self.kind = model, structure, kind
         self.damping, self.update_every, self.inv_every, self.ema = float(damping), update_every, inv_every, ema
         self.pi_damping, self.mc_samples, self.loss_reduction = bool(pi_damping), mc_samples, loss_reduction
