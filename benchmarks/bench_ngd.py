@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from fisherkit.optim import experiment as ex
+    from fisherkit.studies import ngd as ex
 
     res = ex.run_comparison(quick=args.quick, seeds=args.seeds, epochs=args.epochs, progress=not args.no_progress)
     table, diag = ex.format_table(res), ex.format_diagnostics(res)

@@ -40,7 +40,7 @@ def test_plots_return_figures():
     import matplotlib.figure
 
     from fisherkit.active.loop import summarize
-    from fisherkit.active.plots import plot_bar, plot_learning_curves
+    from fisherkit.studies.active_plots import plot_bar, plot_learning_curves
 
     res = {"n_labels": [5, 10, 15], "target": 0.8, "dataset": "toy", "config": {"seeds": [0, 1], "model": "m"},
            "strategies": {"random": {"acc": [[0.5, 0.7, 0.8], [0.6, 0.7, 0.9]], "select_seconds": [0, 0]},

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fisherkit.cli import main
-from fisherkit.continual import experiment, plots
-from fisherkit.continual.experiment import TrainConfig, run_method
+from fisherkit.studies import continual as experiment
+from fisherkit.studies import continual_plots as plots
+from fisherkit.studies.continual import TrainConfig, run_method
 from fisherkit.continual.streams import SplitDigits
 
 

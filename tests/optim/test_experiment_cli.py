@@ -6,7 +6,7 @@ import math
 import pytest
 
 from fisherkit.cli import main
-from fisherkit.optim import experiment as ex
+from fisherkit.studies import ngd as ex
 
 
 def test_first_reach_interpolates_in_log_loss():

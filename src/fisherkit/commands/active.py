@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         import torch
 
-        from ..active.experiment import format_table, run_comparison
+        from ..studies.active import format_table, run_comparison
         from ..active.loop import STRATEGIES
         from ..errors import FisherkitError
 
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(table)
             typer.echo("")
             if out is not None:
-                from ..active.plots import plot_learning_curves
+                from ..studies.active_plots import plot_learning_curves
 
                 stem = Path(path).stem if path else name
                 (out / f"active_{stem}.json").write_text(json.dumps(res, indent=1))

@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         import torch
 
-        from ..continual import experiment as ex
+        from ..studies import continual as ex
         from ..continual.baselines import METHODS
         from ..errors import FisherkitError
 
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
             raise FisherkitError(f"unknown method(s) {bad or methods!r}; use some of {', '.join(METHODS)}")
         if seeds < 1:
             raise FisherkitError(f"--seeds must be ≥ 1; got {seeds}")
-        from ..continual import plots
+        from ..studies import continual_plots as plots
         from ..continual.streams import make_stream
 
         make_stream(stream, n_tasks)  # a bad stream / task count fails before any training

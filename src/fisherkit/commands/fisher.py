@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         Example: fisherkit fisher --kind exact --top 5 --plot spectrum.png
         """
-        from ..curvature.compare import digits_study, plot_spectrum
+        from ..studies.spectrum import digits_study, plot_spectrum
 
         if kind not in ("exact", "mc", "empirical"):
             raise FisherkitError(f"--kind must be exact, mc or empirical; got {kind!r}")

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     ) -> int:
         from ..errors import FisherkitError
-        from ..optim import experiment as ex
+        from ..studies import ngd as ex
 
         ms = _split(methods, ex.METHODS, "method(s)")
         ps = _split(problems, ("classifier", "autoencoder"), "problem(s)")

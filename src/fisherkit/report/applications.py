@@ -1,8 +1,8 @@
 """Sections 3–5 — the applications, each run by its own package's experiment in quick or full mode.
 
-3. natural gradient vs SGD vs Adam (``fisherkit.optim.experiment``),
-4. EWC vs fine-tuning vs L2 (``fisherkit.continual.experiment``),
-5. EGL active learning vs baselines (``fisherkit.active.experiment``).
+3. natural gradient vs SGD vs Adam (``fisherkit.studies.ngd``),
+4. EWC vs fine-tuning vs L2 (``fisherkit.studies.continual``),
+5. EGL active learning vs baselines (``fisherkit.studies.active``).
 
 The report only calls their public ``run_*`` / ``plot_*`` functions and summarises what they return;
 the experiments themselves (models, data, budgets) are documented on their own docs pages.
@@ -101,7 +101,7 @@ def natural_gradient_summary(results: dict) -> tuple[dict, str, str]:
 
 @section("natural_gradient", "3. Natural gradient vs SGD vs Adam", order=3, aliases=("ngd", "optim"))
 def natural_gradient_section(ctx: Context) -> SectionResult:
-    mods = ("fisherkit.optim.experiment", "fisherkit.optim.plots")
+    mods = ("fisherkit.studies.ngd", "fisherkit.studies.ngd_plots")
     results = call(find(mods, "run_comparison"), ctx)
     fig = find(mods, "plot_curves")(results)
     numbers, text, headline = natural_gradient_summary(results)
@@ -141,7 +141,7 @@ to stop forgetting also slows learning of the new tasks (the diagonal of R): the
 
 @section("continual", "4. EWC vs fine-tuning vs L2", order=4, aliases=("ewc",))
 def continual_section(ctx: Context) -> SectionResult:
-    mods = ("fisherkit.continual.experiment", "fisherkit.continual.plots", "fisherkit.continual")
+    mods = ("fisherkit.studies.continual", "fisherkit.studies.continual_plots")
     results = call(find(mods, "run_stream"), ctx, methods=("finetune", "l2", "ewc"))
     fig = find(mods, "plot_accuracy_matrices")(results)
     numbers, text, headline = continual_summary(results)
@@ -203,7 +203,7 @@ over the labelling budget.</p>
 
 @section("active", "5. Active learning: EGL vs baselines", order=5, aliases=("active_learning", "egl"))
 def active_section(ctx: Context) -> SectionResult:
-    mods = ("fisherkit.active.experiment", "fisherkit.active.plots")
+    mods = ("fisherkit.studies.active", "fisherkit.studies.active_plots")
     results = call(find(mods, "run_comparison"), ctx)
     fig = find(mods, "plot_learning_curves")(results)
     numbers, text, headline = active_summary(results)

@@ -1,4 +1,4 @@
-"""Figures and tables of the natural-gradient experiment (``experiment.run_comparison``'s result).
+"""Figures and tables of the natural-gradient experiment (``studies.ngd.run_comparison``'s result).
 
 ``plot_curves(results)``: training loss vs epochs and vs wall-clock seconds, one row per problem,
 median over seeds with the min–max band, the target loss dashed. ``format_table(results)``: a

@@ -24,7 +24,7 @@ import time
 import torch
 from torch import nn
 
-from .natural_gradient import NaturalGradient
+from ..optim.natural_gradient import NaturalGradient
 
 METHODS = ("kfac", "ekfac", "diag", "implicit", "sgd", "adam")
 # learning-rate grids (5 values; the 4-value ones left Adam, SGD and KFAC at their edges)
@@ -183,7 +183,7 @@ def summarise(problem_runs: dict) -> dict:
 
 def adam_fisher_correlation(model, opt, X, T, likelihood) -> dict:
     """Correlation of Adam's second moment v with the empirical and the true Fisher diagonal."""
-    from .diagnostics import adam_fisher_correlation as corr
+    from .ngd_diagnostics import adam_fisher_correlation as corr
 
     return corr(model, opt, (X, T), likelihood)
 
@@ -252,4 +252,4 @@ class _Bar:
     def close(self):
         if self.progress is not None:
             self.progress.stop()
-from .plots import format_diagnostics, format_table, plot_curves  # noqa: E402,F401  (re-exported for the report)
+from .ngd_plots import format_diagnostics, format_table, plot_curves  # noqa: E402,F401  (re-exported for the report)

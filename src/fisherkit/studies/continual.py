@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import FisherkitError
-from . import metrics
-from .baselines import DEFAULT_STRENGTH, make_method
-from .streams import make_stream
+from ..continual import metrics
+from ..continual.baselines import DEFAULT_STRENGTH, make_method
+from ..continual.streams import make_stream
 
 # stream -> default strengths, chosen once from single-seed λ sweeps (seed 0; see docs/continual.md)
 _SPLIT = {"l2": 0.1, "si": 10.0, "ewc": 1000.0}

@@ -1,6 +1,6 @@
 """Figures for continual-learning runs (matplotlib, Agg); each function returns a Figure.
 
-Inputs are the dicts returned by ``experiment.run_stream`` / ``lambda_sweep``.
+Inputs are the dicts returned by ``studies.continual.run_stream`` / ``lambda_sweep``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import metrics  # noqa: E402
+from ..continual import metrics  # noqa: E402
 
 
 def _mean_R(res) -> np.ndarray:

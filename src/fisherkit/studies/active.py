@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import FisherkitError
-from .loop import run, summarize
-from .plots import plot_learning_curves  # noqa: F401  (re-exported for the demo report)
+from ..active.loop import run, summarize
+from .active_plots import plot_learning_curves  # noqa: F401  (re-exported for the demo report)
 
 # per data set: hidden width, initial labels, batch size, rounds, target accuracy, epochs per round
 CONFIGS = {
@@ -162,8 +162,8 @@ def selection_diagnostics(dataset: str = "digits", n_labels: int = 100, k: int =
     """
     from scipy.stats import spearmanr
 
-    from .loop import make_strategy, train_classifier
-    from .scores import egl_scores, last_layer_features
+    from ..active.loop import make_strategy, train_classifier
+    from ..active.scores import egl_scores, last_layer_features
 
     cfg = CONFIGS[dataset]
     Xtr, ytr, _, _, c = prepare(dataset)
