@@ -1,0 +1,149 @@
+"""The linear systems behind Fisher-weighted merging, solved block by block.
+
+For models θ₁…θ_k with Fishers F₁…F_k, weights λᵢ, scale factors cᵢ (1, or 1/mean-diag when
+normalising) and a damping ε, the merged parameters solve
+
+    Σᵢ λᵢ (cᵢ Fᵢ + ε I) θ* = Σᵢ λᵢ cᵢ Fᵢ θᵢ + ε (Σᵢ λᵢ) θ_prior
+
+(Matena & Raffel 2022, eq. 3 with their ε; θ_prior = the λ-weighted average by default, which is
+their formula exactly: then the right side is Σᵢ λᵢ (cᵢFᵢ + εI) θᵢ). Every block-structured Fisher
+(diag, block, dense, kfac, ekfac) is merged block by block — the Fishers of models of one
+architecture share a block layout: diagonal blocks in closed form, small blocks by a dense
+eigen-solve, large ones (a KFAC layer, a sum of Kronecker products with no closed-form inverse) by
+preconditioned conjugate gradients that never form the matrix. Directions in which no model has
+curvature (and ε = 0) get the weighted average.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._checks import MergeError
+
+DENSE_SOLVE_LIMIT = 2048  # blocks up to this many parameters are solved densely (eigh)
+
+
+def _cg(apply, rhs, x0, precond, tol: float, maxiter: int, what: str) -> torch.Tensor:
+    """Preconditioned conjugate gradients for a symmetric PSD operator, from ``x0``."""
+    x = x0.clone()
+    r = rhs - apply(x)
+    norm_b = float(rhs.norm()) or 1.0
+    if float(r.norm()) <= tol * norm_b:
+        return x
+    z = precond(r)
+    p = z.clone()
+    rz = torch.dot(r, z)
+    for _ in range(maxiter):
+        ap = apply(p)
+        pap = torch.dot(p, ap)
+        if float(pap) <= 0:
+            break
+        alpha = rz / pap
+        x = x + alpha * p
+        r = r - alpha * ap
+        if float(r.norm()) <= tol * norm_b:
+            return x
+        z = precond(r)
+        rz_new = torch.dot(r, z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    warnings.warn(f"merge: conjugate gradients for {what} stopped at relative residual "
+                  f"{float(r.norm()) / norm_b:.2e} (> {tol:.0e}); raise damping or cg_maxiter", stacklevel=3)
+    return x
+
+
+def _weighted_average(vectors, lams):
+    return sum(lam * v for lam, v in zip(lams, vectors)) / sum(lams)
+
+
+def _solve_dense(mat, rhs, fallback):
+    """Solve a symmetric PSD system; in its null space take ``fallback`` (the weighted average)."""
+    vals, vecs = torch.linalg.eigh(0.5 * (mat + mat.T))
+    tol = max(float(vals.max()), 1e-300) * mat.shape[0] * torch.finfo(mat.dtype).eps
+    keep = vals > tol
+    q, q0 = vecs[:, keep], vecs[:, ~keep]
+    return q @ ((q.T @ rhs) / vals[keep]) + q0 @ (q0.T @ fallback)
+
+
+def _kron_preconditioner(blocks, coefs, eps_total):
+    """(Σ cᵢGᵢ / Σcᵢ ⊗ Σ cᵢAᵢ + ε)⁻¹ as a function: the exact inverse when all Aᵢ (or all Gᵢ) agree."""
+    total = sum(coefs)
+    A = sum(c * b.A for c, b in zip(coefs, blocks)) / total
+    G = sum(c * b.G for c, b in zip(coefs, blocks))
+    la, qa = torch.linalg.eigh(A)
+    lg, qg = torch.linalg.eigh(G)
+    lam = lg.clamp_min(0)[:, None] * la.clamp_min(0)[None, :] + eps_total
+    lam = torch.where(lam > 0, lam, torch.ones_like(lam))
+    b0 = blocks[0]
+
+    def apply(v):
+        m = b0.to_matrix(b0.split(v))
+        return b0.cat(b0.from_matrix(qg @ ((qg.T @ m @ qa) / lam) @ qa.T))
+
+    return apply
+
+
+def merge_block(blocks, thetas, lams, coefs, eps, prior, dense_limit, tol, maxiter):
+    """Merge one block: ``thetas`` are flat pieces (block order), ``coefs[i] = λᵢcᵢ``; returns the flat piece."""
+    eps_total = eps * sum(lams)
+    fallback = prior
+    kinds = {b.kind for b in blocks}
+
+    def split(v):
+        return blocks[0].split(v)
+
+    rhs = sum(c * b.cat(b.mv(split(t))) for c, b, t in zip(coefs, blocks, thetas)) + eps_total * prior
+    if kinds == {"diag"}:
+        d = sum(c * b.values for c, b in zip(coefs, blocks)) + eps_total
+        safe = torch.where(d > 0, d, torch.ones_like(d))
+        return torch.where(d > 0, rhs / safe, fallback)
+    size = blocks[0].size
+    if size <= dense_limit:
+        mat = sum(c * b.to_dense() for c, b in zip(coefs, blocks))
+        mat = mat + eps_total * torch.eye(size, dtype=mat.dtype, device=mat.device)
+        return _solve_dense(mat, rhs, fallback)
+
+    def apply(v):
+        return sum(c * b.cat(b.mv(split(v))) for c, b in zip(coefs, blocks)) + eps_total * v
+
+    if kinds == {"kron"}:
+        precond = _kron_preconditioner(blocks, coefs, eps_total)
+    else:
+        d = sum(c * b.cat(b.diag()) for c, b in zip(coefs, blocks)) + eps_total
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        precond = lambda r: r / d  # noqa: E731
+    return _cg(apply, rhs, fallback.clone(), precond, tol, maxiter, f"the block of {blocks[0].names}")
+
+
+def fisher_weighted(fishers, thetas, lams, coefs, eps, prior, dense_limit=DENSE_SOLVE_LIMIT, tol=1e-10,
+                    maxiter=1000) -> torch.Tensor:
+    """Solve Σλᵢ(cᵢFᵢ + εI)θ* = Σλᵢcᵢ Fᵢθᵢ + εΣλᵢ·prior for θ* (flat vectors in the Fishers' order).
+
+    ``thetas`` and ``prior`` are flat vectors over ``fishers[0].info.names``; ``coefs[i] = λᵢcᵢ``.
+    """
+    info = fishers[0].info
+    for i, F in enumerate(fishers[1:], 1):
+        if F.info.names != info.names or [tuple(s) for s in F.info.shapes] != [tuple(s) for s in info.shapes]:
+            raise MergeError(f"Fisher {i} covers other parameters than Fisher 0; compute them with the same params=")
+        if F.structure != fishers[0].structure:
+            raise MergeError(f"Fisher {i} is {F.structure!r} but Fisher 0 is {fishers[0].structure!r}")
+    layouts = [[tuple(b.names) for b in F.blocks] if hasattr(F, "blocks") else None for F in fishers]
+    if all(lay is not None and lay == layouts[0] for lay in layouts):
+        offsets = dict(zip(info.names, info.offsets))
+        out = torch.empty_like(prior)
+        for bl in zip(*[F.blocks for F in fishers]):
+            idx = torch.cat([torch.arange(offsets[n], offsets[n] + s, device=prior.device)
+                             for n, s in zip(bl[0].names, bl[0].numels)])
+            piece = merge_block(list(bl), [t[idx] for t in thetas], lams, coefs, eps, prior[idx], dense_limit, tol,
+                                maxiter)
+            out[idx] = piece
+        return out
+    # any other structure (lowrank, implicit, or mixed layouts): CG on the whole vector
+    eps_total = eps * sum(lams)
+    rhs = sum(c * F.mv(t) for c, F, t in zip(coefs, fishers, thetas)) + eps_total * prior
+    if eps_total == 0:
+        raise MergeError(f"a {fishers[0].structure!r} Fisher is singular; merge it with damping > 0")
+    return _cg(lambda v: sum(c * F.mv(v) for c, F in zip(coefs, fishers)) + eps_total * v, rhs, prior.clone(),
+               lambda r: r, tol, maxiter, "the whole parameter vector")
