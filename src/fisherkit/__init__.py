@@ -11,6 +11,7 @@ from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from .curvature import Curvature
 
 _SUBPACKAGES = {"stats", "optim", "continual", "active", "datasets", "report"}
+_SUBPACKAGES |= {"merge", "prune"}  # fk.merge (model merging), fk.prune (OBS pruning)
 
 
 def __getattr__(name):  # subpackages load on first use: `import fisherkit` stays light
