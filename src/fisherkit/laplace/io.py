@@ -1,0 +1,72 @@
+"""Saving and loading a fitted Laplace: safetensors (no pickle) + JSON metadata, written atomically.
+
+Reuses the house helpers of ``fisherkit.curvature.io`` (atomic temp-file + rename, readable
+errors, the names/shapes check against the model).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .._version import __version__
+from ..curvature.io import atomic_write_safetensors, check_against_model, read_safetensors
+from .errors import LaplaceError
+from .posterior import piece_from_state
+
+FORMAT = "fisherkit.laplace"
+FORMAT_VERSION = 1
+
+
+def save(la, path) -> None:
+    la._need_fit()
+    tensors = {"mean": la.mean, "prior_precision": la.prior_precision.reshape(-1) if la.prior_precision.dim() else la.prior_precision.reshape(1),
+               "prior_mean": la.prior_mean}
+    pieces = []
+    for i, pc in enumerate(la._pieces):
+        ts, extra = pc.state()
+        for k, v in ts.items():
+            tensors[f"p{i}.{k}"] = v
+        tensors[f"p{i}.idx"] = pc.idx
+        pieces.append({"kind": pc.kind, "extra": extra})
+    meta = {"names": la.names, "shapes": [list(s) for s in la.shapes], "likelihood": la.likelihood,
+            "subset": la.subset, "structure": la.structure, "kind": la.kind, "sigma": la.sigma,
+            "n_data": la.n_data, "n_outputs": la.n_outputs, "loss": float(la.loss),
+            "prior_scalar": la.prior_precision.dim() == 0, "pieces": pieces}
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
+              "meta": json.dumps(meta)}
+    atomic_write_safetensors(tensors, header, path)
+
+
+def load(path, model):
+    """A fitted ``Laplace`` for ``model`` from ``path``; refuses a file for other parameter names/shapes."""
+    from .laplace import Laplace
+
+    if not isinstance(model, torch.nn.Module):
+        raise LaplaceError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    tensors, header = read_safetensors(path)
+    if header.get("format") != FORMAT:
+        raise LaplaceError(f"{path} is not a fisherkit Laplace file (format={header.get('format')!r})")
+    if int(header.get("format_version", "0")) > FORMAT_VERSION:
+        raise LaplaceError(f"{path} was written by a newer fisherkit (format {header['format_version']})")
+    meta = json.loads(header["meta"])
+    check_against_model(meta["names"], [tuple(s) for s in meta["shapes"]], model, f"the Laplace posterior in {path}")
+    p0 = next(model.parameters())
+    tensors = {k: (v.to(p0.device) if k.endswith(".idx") else v.to(device=p0.device, dtype=p0.dtype)) for k, v in tensors.items()}
+    la = Laplace(model, likelihood=meta["likelihood"], subset=meta["names"], structure=meta["structure"],
+                 kind=meta["kind"], sigma=meta["sigma"], prior_precision=tensors["prior_precision"],
+                 prior_mean=tensors["prior_mean"])
+    la.subset = meta["subset"]
+    if meta["prior_scalar"]:
+        la.prior_precision = tensors["prior_precision"][0]
+    pieces = []
+    for i, d in enumerate(meta["pieces"]):
+        pre = f"p{i}."
+        ts = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre) and k != pre + "idx"}
+        pieces.append(piece_from_state(d["kind"], tensors[pre + "idx"], ts, d["extra"]))
+    la._pieces = pieces
+    la.mean = tensors["mean"]
+    la.n_data, la.n_outputs = int(meta["n_data"]), int(meta["n_outputs"])
+    la.loss = torch.tensor(meta["loss"], dtype=p0.dtype, device=p0.device)
+    return la
