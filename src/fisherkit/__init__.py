@@ -12,6 +12,7 @@ from .curvature import Curvature
 
 _SUBPACKAGES = {"stats", "optim", "continual", "active", "datasets", "report"}
 _SUBPACKAGES |= {"merge", "prune"}  # fk.merge (model merging), fk.prune (OBS pruning)
+_SUBPACKAGES |= {"laplace"}  # fk.laplace (Laplace posteriors, calibrated predictions), loaded on first use
 
 
 def __getattr__(name):  # subpackages load on first use: `import fisherkit` stays light
