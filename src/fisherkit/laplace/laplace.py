@@ -261,12 +261,14 @@ class Laplace:
     def sample(self, n: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
         """n parameter vectors θ ~ N(θ̂, Λ⁻¹), as rows of a [n, P] tensor (flat over ``names``).
 
+        Seeded by ``generator`` (a fixed seed 0 without one; the global RNG is never used).
         Use ``la.unflatten(theta)`` to get a dict for ``torch.func.functional_call``.
         """
         self._need_fit()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise LaplaceError(f"n must be a positive integer; got {n!r}")
-        z = torch.randn(n, self.n_params, generator=generator, dtype=self.dtype, device=self.device)
+        gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
+        z = torch.randn(n, self.n_params, generator=gen, dtype=self.dtype, device=self.device)
         p, s = self._p(), self._s()
         parts = self._over_pieces(lambda pc, pb: pc.sample(z[:, pc.idx], pb, s), p)
         out = torch.empty_like(z)
@@ -336,6 +338,7 @@ class Laplace:
         ``n_samples`` parameter draws θ ~ N(θ̂, Λ⁻¹) (not linearised); ``"map"``: θ̂ alone.
         Regression (Gaussian): ``(mean, variance)`` of y, each [B, C]: the closed-form linearised
         predictive f̂, diag(J Λ⁻¹ Jᵀ) + σ² (``"samples"``: moments over sampled networks + σ²).
+        Random methods are seeded by ``generator`` (fixed seed 0 without one; never the global RNG).
         """
         self._need_fit()
         if method not in METHODS:
@@ -353,7 +356,8 @@ class Laplace:
             return f, fvar.diagonal(dim1=1, dim2=2) + self.sigma**2
         if method == "probit":
             return probit(f, fvar, self.likelihood)
-        return monte_carlo(f, fvar, self.likelihood, n_samples, generator)
+        gen = generator if generator is not None else torch.Generator(device=f.device).manual_seed(0)
+        return monte_carlo(f, fvar, self.likelihood, n_samples, gen)
 
     @torch.no_grad()
     def _sampled_predictive(self, X, n_samples, generator):

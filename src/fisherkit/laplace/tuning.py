@@ -78,7 +78,7 @@ def _marglik_adam(la, structure, n_steps, lr, fit_sigma):
     for _ in range(n_steps):
         opt.zero_grad()
         lml = la.log_marginal_likelihood(log_p.exp(), log_s.exp() if fit_sigma else None)
-        val = float(lml)
+        val = float(lml.detach())
         if not math.isfinite(val):
             raise LaplaceError("the marginal likelihood became non-finite while tuning; try a smaller lr")
         if val > best[0]:
