@@ -62,13 +62,16 @@ def test_covariance_types_against_hand_formulas():
     np.testing.assert_allclose(res.cramer_rao, res.cov)
 
 
-def test_observed_differs_from_expected_off_the_canonical_parametrisation():
-    # Geometric: J = n/p² + Σ(x−1)/(1−p)², equal to n I(p̂) at the MLE; Gamma: J = n I exactly.
+def test_observed_equals_expected_at_the_mle_of_an_exponential_family():
+    """Geometric is an exponential family: J(p) = n/p² + Σ(x−1)/(1−p)² differs from n I(p) in
+    general, but at p̂ = 1/x̄ the two coincide (Σ(x−1) = n(1−p̂)/p̂). Families where they differ at
+    the MLE are tested in test_nonexponential.py."""
     x = F.Geometric().sample([0.3], 60, rng=5)
     res = fk.stats.fit(F.Geometric(), x)
     p, n = res.params[0], len(x)
     assert res.observed_information[0, 0] == pytest.approx(n / p**2 + np.sum(x - 1) / (1 - p) ** 2, rel=1e-10)
     assert res.expected_information[0, 0] == pytest.approx(n / (p * p * (1 - p)), rel=1e-10)
+    assert res.observed_information[0, 0] == pytest.approx(res.expected_information[0, 0], rel=1e-10)
 
 
 def test_multi_parameter_fit_and_summary():

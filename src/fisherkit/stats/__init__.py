@@ -1,8 +1,10 @@
 """Classical statistics of Fisher information (no neural code).
 
-Families with closed-form Fisher information, a generic autodiff Fisher information for any
-family, maximum likelihood with expected/observed/OPG/sandwich covariances, Wald and profile
-intervals, and GLMs fitted by Fisher scoring.
+Families with closed-form Fisher information (exponential families; and Logistic, StudentT,
+Cauchy, Weibull, where observed and expected information differ at the MLE), a generic autodiff
+Fisher information for any family (heavy tails included), maximum likelihood with
+expected/observed/OPG/sandwich covariances, Wald and profile intervals, and GLMs fitted by
+Fisher scoring.
 
 >>> import fisherkit as fk
 >>> res = fk.stats.fit(fk.stats.Binomial(10), [6])
@@ -11,6 +13,7 @@ intervals, and GLMs fitted by Fisher scoring.
 """
 
 from .families import Bernoulli, Beta, Binomial, Categorical, Exponential, Gamma, Geometric, Multinomial, Normal, Poisson
+from .nonexponential import Cauchy, Logistic, StudentT, Weibull
 from .family import Family, Support
 from .custom import CustomFamily
 from .information import cramer_rao_bound, fisher_information, score_and_hessian
@@ -28,6 +31,10 @@ __all__ = [
     "Multinomial",
     "Normal",
     "Poisson",
+    "Logistic",
+    "StudentT",
+    "Cauchy",
+    "Weibull",
     "Family",
     "Support",
     "CustomFamily",
