@@ -142,3 +142,28 @@ def test_perfect_separation_is_detected_not_reported_as_infinite():
     # not separated: overlapping classes fit normally
     m = fk.stats.LogisticRegression().fit(x, [0, 1, 0, 1, 0, 1])
     assert m.converged and np.isfinite(m.bse).all()
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, float("nan"), float("inf"), True, "100", None])
+def test_mc_samples_must_be_a_positive_integer_checked_before_any_work(bad):
+    """Issue 18: mc_samples=0 was a bare ZeroDivisionError, -5 numpy's "negative dimensions", 2.5
+    was accepted. Now a FisherkitError naming the option, raised before anything is sampled."""
+    drawn = []
+    fam = fk.stats.Family.from_logpdf(
+        lambda x, mu: -0.5 * (x - mu) ** 2 - 0.5 * math.log(2 * math.pi), ["mu"],
+        sampler=lambda t, n, rng: drawn.append(n) or rng.normal(t[0], 1.0, n))
+    with pytest.raises(FisherkitError, match=r"mc_samples must be a positive integer.*got"):
+        fk.stats.fisher_information(fam, [0.0], method="mc", mc_samples=bad)
+    with pytest.raises(FisherkitError, match=r"mc_samples must be a positive integer"):
+        fk.stats.fisher_information(F.Poisson(), [2.0], method="mc", mc_samples=bad)
+    assert drawn == []
+
+
+def test_mc_samples_accepts_integral_numbers():
+    # 1e5 written as a float and numpy integers are whole numbers: accepted, same draws as the int
+    a = fk.stats.fisher_information(F.Poisson(), [2.0], method="mc", mc_samples=1e4, seed=3)
+    b = fk.stats.fisher_information(F.Poisson(), [2.0], method="mc", mc_samples=np.int64(10_000), seed=3)
+    c = fk.stats.fisher_information(F.Poisson(), [2.0], method="mc", mc_samples=10_000, seed=3)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, c)
+    assert c[0, 0] == pytest.approx(0.5, rel=0.05)  # 1/λ; MC sd of the estimate ≈ 1 % at 10,000 draws

@@ -236,6 +236,20 @@ def _check_mass(family: Family, weights: np.ndarray, method: str) -> None:
         )
 
 
+def _check_mc_samples(mc_samples) -> int:
+    """``mc_samples`` as a positive int; whole floats (1e5) and numpy integers are accepted."""
+    ok = isinstance(mc_samples, (int, np.integer, float, np.floating)) and not isinstance(mc_samples, (bool, np.bool_))
+    if ok:
+        value = float(mc_samples)
+        ok = math.isfinite(value) and value == int(value) and value >= 1
+    if not ok:
+        raise FisherkitError(
+            f"mc_samples must be a positive integer (the number of Monte Carlo draws), got {mc_samples!r}; "
+            "e.g. mc_samples=100_000"
+        )
+    return int(mc_samples)
+
+
 def fisher_information(
     family: Family,
     params,
@@ -247,7 +261,8 @@ def fisher_information(
     """Fisher information of one observation, I(θ) (p × p), by autodiff.
 
     ``form``: ``"score"`` (E[s sᵀ]), ``"hessian"`` (−E[∇² log p]) or ``"both"`` (a tuple).
-    ``method``: ``"auto"`` | ``"enumerate"`` | ``"quadrature"`` | ``"mc"`` (see module docstring).
+    ``method``: ``"auto"`` | ``"enumerate"`` | ``"quadrature"`` | ``"mc"`` (see module docstring);
+    ``mc_samples`` (a positive integer) and ``seed`` are used by ``"mc"`` only.
 
     >>> import fisherkit as fk
     >>> fk.stats.fisher_information(fk.stats.Poisson(), [4.0]).round(12)   # 1/λ
@@ -256,6 +271,7 @@ def fisher_information(
     theta = family.check_params(params)
     if form not in ("score", "hessian", "both"):
         raise FisherkitError(f"form must be 'score', 'hessian' or 'both', got {form!r}")
+    mc_samples = _check_mc_samples(mc_samples)
     if method == "auto":
         method = "enumerate" if family.support.discrete else "quadrature"
     if family.on_boundary(theta):
@@ -274,7 +290,7 @@ def fisher_information(
         x, w = quadrature_rule(family, theta)
         _check_mass(family, w, method)
     elif method == "mc":
-        x = np.asarray(family.sample(theta, int(mc_samples), rng=np.random.default_rng(seed)), dtype=float)
+        x = np.asarray(family.sample(theta, mc_samples, rng=np.random.default_rng(seed)), dtype=float)
         w = np.full(len(x), 1.0 / len(x))
     else:
         raise FisherkitError(f"method must be 'auto', 'enumerate', 'quadrature' or 'mc', got {method!r}")
