@@ -1,6 +1,7 @@
 """Every user mistake raises the right FisherkitError subclass with a message that says what is wrong."""
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -167,3 +168,58 @@ def test_mc_samples_accepts_integral_numbers():
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(b, c)
     assert c[0, 0] == pytest.approx(0.5, rel=0.05)  # 1/λ; MC sd of the estimate ≈ 1 % at 10,000 draws
+
+
+def _collinear_design(eps, seed=0, n=100):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    X[:, 2] = X[:, 0] + eps * rng.normal(size=n)  # "bmi" ≈ "age"
+    return X, rng.binomial(1, 0.5, n)
+
+
+def _scaled_condition_number(X):
+    Xc = np.column_stack([np.ones(len(X)), X])
+    return np.linalg.cond(Xc / np.linalg.norm(Xc, axis=0))
+
+
+@pytest.mark.parametrize("eps", [3e-8, 1e-9, 1e-12])
+@pytest.mark.parametrize("model", [fk.stats.LogisticRegression, fk.stats.PoissonRegression])
+def test_nearly_collinear_columns_are_named_with_the_condition_number(model, eps):
+    """Issue 18: two columns equal up to 1e-9 gave "Fisher scoring failed (non-finite
+    coefficients)"; at 1e-12 LogisticRegression raised a raw LinAlgError and PoissonRegression
+    returned NaN standard errors. The error names collinearity, the columns and the condition
+    number (checked against numpy's cond of the unit-norm design)."""
+    X, y = _collinear_design(eps)
+    kappa = _scaled_condition_number(X)
+    with pytest.raises(fk.stats.CollinearityError, match=r"nearly collinear.*age, bmi") as err:
+        model(feature_names=["age", "height", "bmi"]).fit(X, y)
+    assert isinstance(err.value, FisherkitError)
+    assert "height" not in str(err.value)
+    reported = float(re.search(r"condition number ([0-9.e+]+)", str(err.value)).group(1))
+    assert reported == pytest.approx(kappa, rel=0.01)
+
+
+def test_mildly_collinear_columns_still_fit_like_statsmodels():
+    """κ ≈ 2e3 is ill-conditioned but numerically fine: no error, statsmodels' Logit agrees."""
+    import statsmodels.api as sm  # a test dependency: missing means failed, not skipped
+
+    X, y = _collinear_design(1e-3, seed=1, n=400)
+    assert 1e3 < _scaled_condition_number(X) < 1e4
+    m = fk.stats.LogisticRegression().fit(X, y)
+    ref = sm.Logit(y, sm.add_constant(X)).fit(disp=0, method="newton", tol=1e-12, maxiter=200)
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-5)
+    np.testing.assert_allclose(m.bse, ref.bse, rtol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-9, 1e-12])
+@pytest.mark.parametrize("model", [fk.stats.LogisticRegression, fk.stats.PoissonRegression])
+def test_collinearity_is_named_even_when_only_the_fit_reveals_it(model, eps, monkeypatch):
+    """With the up-front κ check switched off, the same designs fail inside Fisher scoring or end
+    with an information matrix that is not positive definite: still a CollinearityError naming the
+    columns (these are the paths that raised "Fisher scoring failed", LinAlgError or gave NaN SEs)."""
+    from fisherkit.stats import glm
+
+    monkeypatch.setattr(glm, "MAX_CONDITION", math.inf)
+    X, y = _collinear_design(eps)
+    with pytest.raises(fk.stats.CollinearityError, match=r"nearly collinear columns age, bmi"):
+        model(feature_names=["age", "height", "bmi"]).fit(X, y)

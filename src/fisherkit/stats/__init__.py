@@ -18,7 +18,7 @@ from .family import Family, Support
 from .custom import CustomFamily
 from .information import cramer_rao_bound, fisher_information, score_and_hessian
 from .mle import BoundaryWarning, FitResult, fit
-from .glm import LogisticRegression, PoissonRegression, SeparationError
+from .glm import CollinearityError, LogisticRegression, PoissonRegression, SeparationError
 
 __all__ = [
     "Bernoulli",
@@ -47,6 +47,7 @@ __all__ = [
     "LogisticRegression",
     "PoissonRegression",
     "SeparationError",
+    "CollinearityError",
     "plots",
 ]
 

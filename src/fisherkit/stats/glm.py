@@ -11,7 +11,10 @@ method. Covariances: ``"nonrobust"`` (XᵀWX)⁻¹ and ``"HC0"`` (XᵀWX)⁻¹ X
 * ``LogisticRegression``: y ∈ {0, 1}, μ = σ(η), V = μ(1 − μ).
 * ``PoissonRegression``: y ∈ {0, 1, 2, …}, μ = exp(η), V = μ.
 
-A rank-deficient X raises before fitting (the dependent columns are named). When the fit looks
+A rank-deficient X raises before fitting (the dependent columns are named); so does a nearly
+collinear one (``CollinearityError``, naming the columns and the condition number κ of X with
+unit-norm columns) when κ > 1/√ε ≈ 6.7e7, where XᵀWX is singular in float64, or when the fit fails
+or ends with an information matrix that is not positive definite. When the fit looks
 degenerate (fitted means at the edge of their range, no convergence), a linear program decides
 whether the MLE exists; perfect or quasi-perfect separation — a direction β along which the
 likelihood keeps increasing — raises ``SeparationError`` instead of reporting infinite coefficients.
@@ -29,6 +32,32 @@ from ..errors import FisherkitError, NonFiniteError, ShapeError, SupportError
 
 class SeparationError(FisherkitError):
     """The MLE does not exist: some direction of β increases the likelihood without bound."""
+
+
+class CollinearityError(FisherkitError):
+    """Columns of X are nearly linearly dependent: the Fisher information XᵀWX is singular in float64."""
+
+
+#: κ of the unit-norm design above which XᵀX (condition κ²) is singular to working precision
+MAX_CONDITION = 1.0 / np.sqrt(np.finfo(float).eps)  # ≈ 6.7e7
+
+
+def _collinearity(X: np.ndarray, names: list[str]) -> tuple[float, list[str]]:
+    """Condition number κ of X with unit-norm columns, and the columns that carry the direction of
+    its smallest singular value (the near-dependence)."""
+    norms = np.linalg.norm(X, axis=0)
+    norms[norms == 0] = 1.0
+    _, s, vt = np.linalg.svd(X / norms, full_matrices=False)
+    v = np.abs(vt[-1])
+    involved = [n for n, w in zip(names, v) if w >= 0.1 * v.max()]
+    return float(s[0] / s[-1]) if s[-1] > 0 else np.inf, involved
+
+
+def _collinearity_error(kappa: float, involved: list[str], what: str) -> CollinearityError:
+    return CollinearityError(
+        f"nearly collinear columns {', '.join(involved)}: condition number {kappa:.3g} of the design "
+        f"with unit-norm columns{what}; drop or combine one of them, or centre and rescale the columns"
+    )
 
 
 def _format_direction(beta: np.ndarray, names: list[str]) -> str:
@@ -113,6 +142,11 @@ class _GLM:
                 f"rank-deficient design matrix (rank {rank} < {X.shape[1]} columns): columns "
                 f"{', '.join(involved)} are linearly dependent — drop or combine one of them"
             )
+        kappa, involved = _collinearity(X, names)
+        if kappa > MAX_CONDITION:
+            raise _collinearity_error(
+                kappa, involved, f" is above 1/√ε ≈ {MAX_CONDITION:.2g}, so the Fisher information XᵀWX "
+                "is singular in float64 and no standard error would have a correct digit")
         return X, y, offset, names
 
     # -- fitting -------------------------------------------------------------------------
@@ -131,6 +165,9 @@ class _GLM:
         if beta is None or not converged or not np.isfinite(beta).all() or self._degenerate(mu):
             self._check_existence(X, y, names)
         if beta is None or not np.isfinite(beta).all():
+            kappa, involved = _collinearity(X, names)
+            if kappa > 1e4:
+                raise _collinearity_error(kappa, involved, " made Fisher scoring fail (non-finite coefficients)")
             raise FisherkitError(f"{type(self).__name__}: Fisher scoring failed (non-finite coefficients)")
         if not converged:
             warnings.warn(f"{type(self).__name__}: Fisher scoring did not converge in {self.max_iter} iterations",
@@ -143,7 +180,15 @@ class _GLM:
         self.nobs = len(y)
         self._X, self._y, self._mu = X, y, mu
         w = self._variance(mu)
-        self.fisher_information_ = X.T @ (w[:, None] * X)
+        info = X.T @ (w[:, None] * X)
+        try:
+            np.linalg.cholesky(info)
+        except np.linalg.LinAlgError:
+            kappa, involved = _collinearity(X, names)
+            raise _collinearity_error(
+                kappa, involved, ": the Fisher information XᵀWX at the fit is not positive definite in float64"
+            ) from None
+        self.fisher_information_ = info
         return self
 
     def _degenerate(self, mu) -> bool:
