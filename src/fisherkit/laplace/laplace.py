@@ -51,6 +51,8 @@ class Laplace:
                  rank: int = 20, max_memory: float = 2**28):
         if not isinstance(model, nn.Module):
             raise LaplaceError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if isinstance(likelihood, str) and likelihood not in LIKELIHOODS:
+            raise LaplaceError(f"Laplace supports likelihoods {list(LIKELIHOODS)}; got {likelihood!r}")
         lik = get_likelihood(likelihood)
         if lik.name not in LIKELIHOODS:
             raise LaplaceError(f"Laplace supports likelihoods {list(LIKELIHOODS)}; got {lik.name!r}")
