@@ -6,37 +6,26 @@ Jacobian of the model output and Λₙ the Fisher of the likelihood in output sp
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
-from .curvature import STRUCTURES
-from .curvature.base import DENSE_LIMIT
-from .curvature.blocks import DENSE_BLOCK_LIMIT, DenseBlock, DiagBlock, EKronBlock, KronBlock
+from .curvature import STRUCTURES as STRUCTURE_CLASSES
+from .curvature.accumulator import Meta
+from .curvature.dense import dense_fits
 from .curvature.implicit import Implicit
-from .curvature.linalg import safe_eigh
 from .curvature.lowrank import LowRank
 from . import distributed as _dist
 from .distributed import all_reduce_sums
-from .engine import accumulate as acc
-from .engine.collect import check_batchnorm, gather, warn_fallback
+from .engine.collect import batch_source, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
-from .choices import check_kind, check_structure
+from .choices import check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params
 from .engine.units import make_plan
 from .params import select_params
 from .errors import FisherkitError
 from .likelihoods import Likelihood, get_likelihood
-
-
-def _module_groups(names: list[str]) -> list[list[str]]:
-    """Group parameter names by owning module (prefix before the last dot), keeping order."""
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        groups.setdefault(n.rsplit(".", 1)[0] if "." in n else "", []).append(n)
-    return list(groups.values())
 
 
 def _seeded_generator(generator, device):
@@ -82,6 +71,9 @@ def fisher(
     check_structure(structure)
     lik = get_likelihood(likelihood)
     check_kind(kind, mc_samples)
+    if structure == "lowrank":
+        check_every("rank", rank)
+    check_positive("max_memory", max_memory)
     check_batchnorm(model, allow_batchnorm_train)
     chosen = select_params(model, params)
     # FISHERKIT_FORCE_FUNC=1: a benchmark knob (benchmarks/bench_fisher.py) that sends every parameter
@@ -90,127 +82,58 @@ def fisher(
     plan = make_plan(model, chosen, use_hooks=structure != "implicit" and not force_func)
     info = plan.info
     device, dtype = model_device_dtype(model)
-    itemsize = torch.finfo(dtype).bits // 8
+    cls = STRUCTURE_CLASSES[structure]
     if structure == "dense":
-        need = info.size**2 * itemsize
-        if info.size > DENSE_LIMIT or need > max_memory:
-            raise FisherkitError(
-                f"a dense Fisher of {info.size} parameters needs {need / 2**30:.2f} GiB "
-                f"(limit: {DENSE_LIMIT} parameters, max_memory={max_memory / 2**30:.2f} GiB); "
-                "use structure='kfac', 'diag', 'lowrank' or 'implicit'"
-            )
+        cls.accumulator.check(info, dtype, max_memory)
     gen = _dist.rank_generator(_seeded_generator(generator, device), process_group) if kind == "mc" else generator
-    common = dict(lik=lik, kind=kind, mc_samples=mc_samples, batch_size=batch_size, max_memory=max_memory)
-    meta = (kind, lik.to_config())
-    red = dict(process_group=process_group, what=f"fisher(structure={structure!r}, kind={kind!r})", device=device)
 
-    def run(description, need_func=True):
-        return _dist.local_batches(gather(model, data, plan=plan, generator=gen, progress=progress,
-                                          description=description, need_func=need_func, **common),
-                                   process_group, red["what"])
-
-    if structure == "implicit":
-        return _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
-
-    if structure == "diag":
-        sums, n = {}, 0
-        for bs in run("Fisher (diag)"):
-            acc.diag_add(bs, sums)
-            n += bs.n
-        sums, n = all_reduce_sums(sums, n, **red)
-        vals = acc.flat_diag(plan.hook_units, sums, info, n)
-        return STRUCTURES["diag"](info, n, *meta, [DiagBlock(info.names, info.numels, vals)])
-
-    if structure in ("dense", "lowrank") and info.size <= DENSE_LIMIT and info.size**2 * itemsize <= max_memory:
-        gram, n = torch.zeros(info.size, info.size, dtype=dtype, device=device), 0
-        for bs in run(f"Fisher ({structure})"):
-            if not acc.gram_add_kron_(bs, info, gram):  # Linear-only models: no per-sample gradients
-                u = acc.persample_flat(bs, info)
-                gram.addmm_(u.T, u)
-            n += bs.n
-        sums, n = all_reduce_sums({"gram": gram}, n, **red)
-        gram = sums["gram"] / n
-        if structure == "dense":
-            return STRUCTURES["dense"](info, n, *meta, [DenseBlock(info.names, info.numels, gram)])
-        k = min(rank, info.size)  # distributed: rank 0 decomposes, broadcasts its top k pairs
-        return LowRank(info, n, *meta, *_dist.top_eigenpairs(gram, k, process_group))
-
-    if structure == "lowrank":  # too large for a dense Gram: Lanczos on the implicit operator
+    if structure == "implicit" or (structure == "lowrank" and not dense_fits(info, dtype, max_memory)):
         imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
-        vals, vecs = imp.eig(rank)
-        return LowRank(info, imp.num_samples, *meta, vals, vecs)
+        if structure == "implicit":
+            return imp
+        vals, vecs = imp.eig(min(rank, info.size))  # too large for a dense Gram: Lanczos
+        return LowRank(info, imp.num_samples, kind, lik.to_config(), vals, vecs)
 
-    # block-structured: block, kfac, ekfac
+    what = f"fisher(structure={structure!r}, kind={kind!r})"
+    ops = _dist.linalg_ops(process_group)
+    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     state = gen.get_state() if gen is not None else None
-    sums, n = {}, 0
+    batches, first = _read(model, data, batch_size, process_group, what)
+    plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called exactly once -> torch.func
+    acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device, {"rank": rank}))
+    for p in range(acc.passes):
+        if p > 0:
+            acc.next_pass(ops)
+            if gen is not None:  # the refit pass sees the same sampled labels
+                gen.set_state(state)
+            batches, _ = _read(model, data, batch_size, process_group, what)
+        stats = gather(model, batches, lik, kind, plan, mc_samples=mc_samples, generator=gen, max_memory=max_memory,
+                       progress=progress, description=f"Fisher ({structure}{', refit' if p else ''})",
+                       need_func=acc.needs_func[p], total=total)
+        for bs in _dist.local_batches(stats, process_group, what):
+            acc.add(bs)
+        acc.load_sums(*all_reduce_sums(acc.sums(), acc.n, process_group, what, device))
+    return acc.finish(ops)
 
-    def add(key, val):
-        sums[key] = sums[key] + val if key in sums else val
 
-    def layout():  # read the plan once the first batch has settled it (bypassed hooks moved to torch.func)
-        kron = plan.hook_units if structure in ("kfac", "ekfac") else []
-        grams = ([u.names for u in plan.hook_units] if structure == "block" else []) + _module_groups(plan.func_names)
-        large = [g for g in grams if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
-        if structure in ("kfac", "ekfac"):
-            warn_fallback(plan, structure)
-        return kron, grams, large, {id(u) for u in kron}
+def _read(model, data, batch_size, process_group, what):
+    """``engine.collect.batch_source`` with the first batch already read; distributed, an empty shard
+    is allowed and a failure while reading it is announced to the peers."""
+    def shard(it):
+        if _dist.world_size(process_group) == 1:
+            yield from it
+            return
+        try:
+            yield from it
+        except FisherkitError as e:
+            if not str(e).startswith("data is empty"):
+                raise
 
-    kron_units = None
-    for bs in run(f"Fisher ({structure})"):
-        if kron_units is None:
-            kron_units, gram_groups, big, kron_ids = layout()
-        n += bs.n
-        for u, a, g in bs.hook:
-            if id(u) in kron_ids:
-                acc.kfac_add(a, g, sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first)
-        d = acc.diag_sums(bs) if any(grp in big for grp in gram_groups) else None  # once per batch
-        for grp in gram_groups:
-            if grp in big:
-                for x in grp:
-                    add(f"d:{x}", d[x].reshape(-1))
-            else:
-                u = acc.persample_flat(bs, info, grp)
-                add("g:" + grp[0], u.T @ u)
-    if kron_units is None:  # no local batch (an idle rank)
-        kron_units, gram_groups, big, kron_ids = layout()
-    sums, n = all_reduce_sums(sums, n, **red)
-    blocks = []
-    for grp in gram_groups:
-        numels = [info.numels[info.index(x)] for x in grp]
-        if grp in big:
-            blocks.append(DiagBlock(grp, numels, torch.cat([sums[f"d:{x}"] for x in grp]) / n))
-        else:
-            blocks.append(DenseBlock(grp, numels, sums["g:" + grp[0]] / n))
-    kron = {}
-    for u in kron_units:
-        numels = [info.numels[info.index(x)] for x in u.names]
-        # pop, mirror and scale in place: the sums are freed layer by layer instead of copied
-        A = acc.symmetrize(sums.pop(f"A:{u.weight}")).div_(n)
-        G = acc.symmetrize(sums.pop(f"G:{u.weight}")).div_(n)
-        kb = KronBlock(u.names, numels, u.out_features, bool(u.bias), A, G)
-        kron[u.weight] = kb
-    if structure == "ekfac" and kron_units:
-        if gen is not None:
-            gen.set_state(state)
-        eigs = _dist.eigh_split([m for kb in kron.values() for m in (kb.A, kb.G)], process_group)
-        bases = {w: (eigs[2 * i][1], eigs[2 * i + 1][1]) for i, w in enumerate(kron)}
-        ssum, n2 = {}, 0
-        for bs in run("Fisher (ekfac, refit)", need_func=False):
-            n2 += bs.n
-            for u, a, g in bs.hook:
-                if u.weight in bases:
-                    s = acc.ekfac_sums(a, g, *bases[u.weight])
-                    ssum[u.weight] = ssum[u.weight] + s if u.weight in ssum else s
-        ssum, n2 = all_reduce_sums(ssum, n2, **red)
-        for w, kb in list(kron.items()):
-            qa, qg = bases[w]
-            kron[w] = EKronBlock(kb.names, kb.numels, kb.out_features, kb.has_bias, qa, qg, ssum[w] / n2)
-    ordered = []
-    for x in info.names:  # blocks in parameter order
-        for b in list(kron.values()) + blocks:
-            if b.names[0] == x:
-                ordered.append(b)
-    return STRUCTURES[structure](info, n, *meta, ordered)
+    try:
+        return batch_source(model, data, batch_size, shard)
+    except Exception as e:
+        _dist.announce_failure(e, process_group, what)
+        raise
 
 
 def _weight_fn(lik, kind, y, mc_samples, gen):

@@ -145,14 +145,14 @@ def test_output_directions_are_chunked_to_the_memory_budget(structure, monkeypat
 
     m, X = make("tokens", out=4)  # per-token logits: D = T·C = 12 directions per batch
     seen = []
-    real = collect._output_grads
+    real = collect.output_grads
 
     def spy(out, zs, v, retain=False):
         seen.append(v.shape[0])
         return real(out, zs, v, retain)
 
     ref = fk.fisher(m, (X, None), structure=structure)
-    monkeypatch.setattr(collect, "_output_grads", spy)
+    monkeypatch.setattr(collect, "output_grads", spy)
     small = fk.fisher(m, (X, None), structure=structure, max_memory=3 * 8 * 5 * 3 * 4 * 5)
     assert max(seen) < 12 and sum(seen) % 12 == 0  # chunks, and every direction went through
     assert small.num_samples == ref.num_samples == len(X)

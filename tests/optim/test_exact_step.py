@@ -94,7 +94,7 @@ def test_empirical_kind_rescales_mean_loss_gradients():
     with torch.no_grad():
         r = (model(X) - Y) / sigma**2
     pre.step()
-    G = pre.states[0].t["G"]
+    G = next(iter(pre.curvature.factors().values()))[1]
     assert torch.allclose(G, r.T @ r / X.shape[0], rtol=1e-12)
     # the same statistic summed: loss_reduction="sum" with a summed loss gives the same G
     model2, *_ = linear_gaussian()
@@ -102,4 +102,4 @@ def test_empirical_kind_rescales_mean_loss_gradients():
                           loss_reduction="sum")
     (gaussian_loss(model2, X, Y, sigma) * X.shape[0]).backward()
     pre2.step()
-    assert torch.allclose(pre2.states[0].t["G"], G, rtol=1e-12)
+    assert torch.allclose(next(iter(pre2.curvature.factors().values()))[1], G, rtol=1e-12)

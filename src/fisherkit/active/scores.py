@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..engine.functional import persample_grads
-from ..engine.units import capture_forward, make_plan, unit_activations, unit_output_grads
+from ..engine.collect import output_grads
+from ..engine.units import capture_forward, make_plan, settle, unit_activations, unit_output_grads
 from ..params import select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood, get_likelihood
@@ -75,14 +76,6 @@ def _unit_sqnorm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kbto,bti->kboi", g, a).pow(2).sum((-1, -2))
 
 
-def _output_grads(out, zs, v):
-    try:
-        return list(torch.autograd.grad(out, zs, grad_outputs=v, is_grads_batched=True, allow_unused=True))
-    except RuntimeError:  # an op without a batching rule: one backward per direction
-        cols = [torch.autograd.grad(out, zs, grad_outputs=vd, allow_unused=True, retain_graph=True) for vd in v]
-        return [None if cols[0][i] is None else torch.stack([c[i] for c in cols]) for i in range(len(zs))]
-
-
 def _default_batch(n: int, c: int, width: int, itemsize: int, budget: float = 2**24) -> int:
     # ~16 MiB of output gradients per layer: large enough for efficient matmuls, small enough
     # that the memory-bound steps (activation backward, norms) run out of cache
@@ -100,18 +93,17 @@ def _widest(model: nn.Module) -> int:
 
 def _scores_all(model, X, lik, top_classes, batch_size, params):
     chosen = select_params(model, params)
-    plan = make_plan(model, chosen)
-    first = True
+    plan = settle(model, make_plan(model, chosen), X[:batch_size])
+    units = plan.hook_units
     pieces = []
     for s in range(0, X.shape[0], batch_size):
         x = X[s : s + batch_size]
-        out, units, inputs, zs = capture_forward(model, x, plan, settle=first)
-        first = False
+        out, inputs, zs = capture_forward(model, x, plan)
         check_outputs(out, lik.name)
         v, w = label_directions(lik, out, top_classes)
         score = out.new_zeros(x.shape[0])
         if units:
-            gzs = _output_grads(out, zs, v)
+            gzs = output_grads(out, zs, v)
             for u, inp, gz in zip(units, inputs, gzs):
                 if gz is None:
                     continue

@@ -190,8 +190,23 @@ class BlockCurvature(Curvature):
     def mv(self, v):
         return self._map(lambda b, p: b.mv(p), v)
 
-    def solve(self, v, damping=0.0):
-        return self._map(lambda b, p: b.solve(p, damping), v)
+    def solve(self, v, damping=0.0, pi_damping=False):
+        """(F + damping·I)⁻¹ v block by block; ``pi_damping``: Kronecker blocks use the factored
+        (π-) damping of Martens & Grosse (2015) instead of exact Tikhonov (the optimizer's default)."""
+        return self._map(lambda b, p: b.solve(p, damping, pi_damping), v)
+
+    def decompose(self, eigh=None) -> "BlockCurvature":
+        """Eigendecompose every block's matrices now (Kronecker factors, dense blocks), with ``eigh``
+        (a function: list of symmetric matrices -> list of (values, vectors); distributed training
+        passes one that splits the work over ranks). Later ``solve``/``eig`` calls reuse them."""
+        from .accumulator import LOCAL
+
+        eigh = eigh or LOCAL.eigh
+        todo = [(b, b.matrices()) for b in self.blocks if b.matrices()]
+        eigs = iter(eigh([m for _, ms in todo for m in ms]))
+        for b, ms in todo:
+            b.set_eigs([next(eigs) for _ in ms])
+        return self
 
     def diag(self):
         out = {}

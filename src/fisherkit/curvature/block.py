@@ -1,9 +1,87 @@
-"""Block-diagonal Fisher: a dense block per layer (the weight and bias of one module together)."""
+"""Block-diagonal Fisher: a dense block per layer (the weight and bias of one module together).
 
+Its accumulator is also the base of KFAC's and EKFAC's: hooked Linear/Conv layers are either dense
+blocks (here) or Kronecker factors (KFAC), every other module's parameters are one dense block per
+module, and a block over more than ``DENSE_BLOCK_LIMIT`` parameters keeps only its diagonal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import accumulate as acc
+from .accumulator import LOCAL, Accumulator
 from .base import BlockCurvature
+from .blocks import DENSE_BLOCK_LIMIT, DenseBlock, DiagBlock
+
+
+def module_groups(names: list[str]) -> list[list[str]]:
+    """Group parameter names by owning module (prefix before the last dot), keeping order."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.rsplit(".", 1)[0] if "." in n else "", []).append(n)
+    return list(groups.values())
+
+
+class BlockAccumulator(Accumulator):
+    """Per group of parameters the Gram Σₙ Σ_d gₙ,d gₙ,dᵀ of its per-sample gradients (dense block),
+    or Σ g² (diagonal block) above ``DENSE_BLOCK_LIMIT`` parameters."""
+
+    kron = False  # KFAC: hooked layers become Kronecker factors instead of dense blocks
+
+    def __init__(self, plan, meta):
+        super().__init__(plan, meta)
+        info = self.info
+        self.kron_units = list(plan.hook_units) if self.kron else []
+        self._kron_ids = {id(u) for u in self.kron_units}
+        self.groups = ([] if self.kron else [u.names for u in plan.hook_units]) + module_groups(plan.func_names)
+        self.big = [g for g in self.groups if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
+        if meta.options.get("fallback") == "diag":  # the optimizer: a diagonal for what is not factored
+            self.big = list(self.groups)
+
+    def _add(self, bs):
+        for u, a, g in bs.hook:
+            if id(u) in self._kron_ids:
+                acc.kfac_add(a, g, self._sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first)
+        d = acc.diag_sums(bs) if self.big else None  # once per batch
+        for grp in self.groups:
+            if grp in self.big:
+                for x in grp:
+                    self._add_to(f"d:{x}", d[x].reshape(-1))
+            else:
+                u = acc.persample_flat(bs, self.info, grp)
+                self._add_to("g:" + grp[0], u.T @ u)
+
+    def _other_blocks(self, sums, n) -> list:
+        info, blocks = self.info, []
+        for grp in self.groups:
+            numels = [info.numels[info.index(x)] for x in grp]
+            if grp in self.big:
+                blocks.append(DiagBlock(grp, numels, torch.cat([sums[f"d:{x}"] for x in grp]) / n))
+            else:
+                blocks.append(DenseBlock(grp, numels, sums["g:" + grp[0]] / n))
+        return blocks
+
+    def _layer_blocks(self, sums, n, ops) -> list:
+        return []
+
+    def _ordered(self, blocks):
+        out = []
+        for x in self.info.names:  # blocks in parameter order
+            out += [b for b in blocks if b.names[0] == x]
+        return out
+
+    def finish(self, ops=LOCAL):
+        sums = self._taken()
+        blocks = self._layer_blocks(sums, self.n, ops) + self._other_blocks(sums, self.n)
+        return self.curvature_class(self.info, self.n, self.meta.kind, self.meta.likelihood, self._ordered(blocks))
 
 
 class BlockDiagonal(BlockCurvature):
     """Dense per layer, zero between layers; blocks too large for dense storage are diagonal."""
 
     structure = "block"
+    accumulator = BlockAccumulator
+
+
+BlockAccumulator.curvature_class = BlockDiagonal

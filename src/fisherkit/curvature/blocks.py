@@ -7,10 +7,12 @@ as M ↦ G M A (row-major flattening of M).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import FisherkitError
-from .linalg import check_damping, safe_eigh
+from .linalg import check_damping, pi_factor, safe_eigh
 
 DENSE_BLOCK_LIMIT = 8192
 
@@ -39,9 +41,21 @@ class Block:
             raise FisherkitError(f"the block of {self.names} is too large ({self.size}) for a dense fallback")
         return self.to_dense()
 
-    def solve(self, parts, damping):
-        m = self._dense_checked()
-        vals, vecs = safe_eigh(m)
+    # eigendecompositions of the block's own matrices, cached (``decompose`` may fill them, e.g. split
+    # over ranks); ``matrices`` lists what to decompose
+    def matrices(self) -> list[torch.Tensor]:
+        return []
+
+    def set_eigs(self, eigs: list) -> None:
+        self._eig = tuple((vals, vecs.contiguous()) for vals, vecs in eigs)
+
+    def _eigh(self):
+        if getattr(self, "_eig", None) is None:
+            self._eig = (safe_eigh(self._dense_checked()),)
+        return self._eig[0]
+
+    def solve(self, parts, damping, pi_damping=False):
+        vals, vecs = self._eigh()
         check_damping(damping, float(vals.min()), float(vals.max()), f"Fisher block of {self.names}")
         v = self.cat(parts)
         return self.split(vecs @ ((vecs.T @ v) / (vals + damping)))
@@ -52,11 +66,11 @@ class Block:
         return torch.log(vals + damping).sum()
 
     def eigvals(self):
-        return safe_eigh(self._dense_checked())[0]
+        return self._eigh()[0]
 
     def eigvecs(self, idx: torch.Tensor) -> torch.Tensor:
         """Eigenvectors (rows, block-flat order) for indices into ``eigvals()``."""
-        return safe_eigh(self._dense_checked())[1][:, idx].T
+        return self._eigh()[1][:, idx].T
 
     def frob2(self):
         return (self._dense_checked() ** 2).sum()
@@ -80,6 +94,9 @@ class DenseBlock(Block):
 
     def mv(self, parts):
         return self.split(self.matrix @ self.cat(parts))
+
+    def matrices(self):
+        return [self.matrix]
 
     def diag(self):
         return self.split(self.matrix.diagonal().clone())
@@ -115,7 +132,7 @@ class DiagBlock(Block):
     def mv(self, parts):
         return self.split(self.values * self.cat(parts))
 
-    def solve(self, parts, damping):
+    def solve(self, parts, damping, pi_damping=False):
         check_damping(damping, float(self.values.min()), float(self.values.max()), f"diagonal Fisher of {self.names}")
         return self.split(self.cat(parts) / (self.values + damping))
 
@@ -199,14 +216,22 @@ class KronBlock(_LayerBlock):
             self._eig = (safe_eigh(self.A), safe_eigh(self.G))
         return self._eig
 
+    def matrices(self):
+        return [self.A, self.G]
+
     def mv(self, parts):
         return self.from_matrix(self.G @ self.to_matrix(parts) @ self.A)
 
-    def solve(self, parts, damping):
+    def solve(self, parts, damping, pi_damping=False):
+        """(G ⊗ A + δI)⁻¹ through the factor eigenbases; ``pi_damping``: the factored approximation
+        (G + (√δ/π) I)⁻¹ ⊗ (A + π√δ I)⁻¹ with π = ``linalg.pi_factor(A, G)`` (Martens & Grosse 2015, §6.3)."""
         (la, qa), (lg, qg) = self.eig_factors()
+        m = qg.T @ self.to_matrix(parts) @ qa
+        if pi_damping and damping > 0:
+            pi, root = pi_factor(self.A, self.G), math.sqrt(damping)
+            return self.from_matrix(qg @ (m / ((lg + root / pi)[:, None] * (la + root * pi)[None, :])) @ qa.T)
         lam = lg[:, None] * la[None, :]
         check_damping(damping, float(lam.min()), float(lam.max()), f"KFAC block of {self.names}")
-        m = qg.T @ self.to_matrix(parts) @ qa
         return self.from_matrix(qg @ (m / (lam + damping)) @ qa.T)
 
     def diag(self):
@@ -258,7 +283,7 @@ class EKronBlock(_LayerBlock):
     def mv(self, parts):
         return self.from_matrix(self.QG @ (self.S * self._rot(parts)) @ self.QA.T)
 
-    def solve(self, parts, damping):
+    def solve(self, parts, damping, pi_damping=False):
         check_damping(damping, float(self.S.min()), float(self.S.max()), f"EKFAC block of {self.names}")
         return self.from_matrix(self.QG @ (self._rot(parts) / (self.S + damping)) @ self.QA.T)
 

@@ -7,14 +7,58 @@ eigen-decompositions of A and G: (G ⊗ A + δI)⁻¹ = (Q_G ⊗ Q_A) diag(1/(λ
 so no P × P matrix is formed. Other layers are dense blocks (small) or diagonal (large).
 """
 
+from __future__ import annotations
+
+import warnings
+
+from ..engine import accumulate as acc
 from .base import BlockCurvature
+from .block import BlockAccumulator
+from .blocks import KronBlock
+
+
+class KFACAccumulator(BlockAccumulator):
+    """Σ ã ãᵀ / T and Σ g gᵀ per hooked layer (symmetric products, upper block triangle until
+    ``finish`` mirrors them); the other parameters as in ``BlockAccumulator``."""
+
+    kron = True
+
+    def __init__(self, plan, meta):
+        super().__init__(plan, meta)
+        if plan.func_names and meta.options.get("warn", True):
+            warnings.warn(
+                f"{self.curvature_class.structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
+                "these parameters fall back to a dense block (small) or a diagonal (large)",
+                stacklevel=4,
+            )
+
+    def factors(self, sums, n) -> dict:
+        """weight name → (A, G) means, mirrored; pops them from ``sums`` (freed layer by layer)."""
+        out = {}
+        for u in self.kron_units:
+            A = acc.symmetrize(sums.pop(f"A:{u.weight}")).div_(n)
+            G = acc.symmetrize(sums.pop(f"G:{u.weight}")).div_(n)
+            out[u.weight] = (A, G)
+        return out
+
+    def _kron(self, u, A, G):
+        info = self.info
+        return KronBlock(u.names, [info.numels[info.index(x)] for x in u.names], u.out_features, bool(u.bias), A, G)
+
+    def _layer_blocks(self, sums, n, ops):
+        f = self.factors(sums, n)
+        return [self._kron(u, *f[u.weight]) for u in self.kron_units]
 
 
 class KFAC(BlockCurvature):
     """Kronecker-factored Fisher."""
 
     structure = "kfac"
+    accumulator = KFACAccumulator
 
     def factors(self) -> dict[str, tuple]:
         """Layer weight name → (A, G) for every Kronecker block."""
         return {b.names[0]: (b.A, b.G) for b in self.blocks if b.kind == "kron"}
+
+
+KFACAccumulator.curvature_class = KFAC

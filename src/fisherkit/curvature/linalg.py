@@ -38,3 +38,13 @@ def check_damping(damping: float, min_eig: float, max_eig: float, what: str) -> 
         raise FisherkitError(
             f"the {what} is singular (smallest eigenvalue {min_eig:.3g}); pass damping > 0, e.g. damping=1e-3"
         )
+
+
+def pi_factor(A: torch.Tensor, G: torch.Tensor) -> float:
+    """π = √((tr A / dim A) / (tr G / dim G)) (1 when either trace is 0): the factored-damping split
+    of Martens & Grosse (2015, §6.3) that minimises the norm of the cross terms."""
+    ta = float(A.diagonal().mean())
+    tg = float(G.diagonal().mean())
+    if ta <= 0 or tg <= 0 or not math.isfinite(ta) or not math.isfinite(tg):
+        return 1.0
+    return math.sqrt(ta / tg)

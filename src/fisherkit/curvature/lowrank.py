@@ -10,12 +10,25 @@ import math
 import torch
 
 from ..errors import FisherkitError
+from .accumulator import LOCAL
 from .base import Curvature
+from .dense import DenseAccumulator
 from .linalg import check_damping
+
+
+class LowRankAccumulator(DenseAccumulator):
+    """The dense Gram, then its top ``rank`` eigenpairs (``options["rank"]``). Models too large for
+    the Gram go through Lanczos on the implicit operator instead (``fisherkit.api``)."""
+
+    def finish(self, ops=LOCAL):
+        k = min(int(self.meta.options.get("rank", 20)), self.info.size)
+        vals, vecs = ops.top(self.matrix(), k)
+        return LowRank(self.info, self.n, self.meta.kind, self.meta.likelihood, vals, vecs)
 
 
 class LowRank(Curvature):
     structure = "lowrank"
+    accumulator = LowRankAccumulator
 
     def __init__(self, info, num_samples, kind, likelihood, values: torch.Tensor, vectors: torch.Tensor):
         super().__init__(info, num_samples, kind, likelihood)

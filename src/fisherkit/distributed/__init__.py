@@ -307,6 +307,18 @@ def rank_generator(generator: torch.Generator | None, process_group=None) -> tor
     return g
 
 
+def linalg_ops(process_group=None):
+    """The decompositions a curvature accumulator's ``finish`` needs, shared over the group:
+    eigendecompositions split over the ranks and broadcast, top eigenpairs by rank 0 (local when
+    not distributed)."""
+    from ..curvature.accumulator import LOCAL, LinalgOps
+
+    if world_size(process_group) == 1:
+        return LOCAL
+    return LinalgOps(eigh=lambda mats: eigh_split(mats, process_group),
+                     top=lambda m, k: top_eigenpairs(m, k, process_group))
+
+
 class DistributedImplicit(Implicit):
     """An ``Implicit`` Fisher whose products all-reduce over a process group.
 
@@ -384,7 +396,7 @@ class _Leader(Implicit):
 
 
 __all__ = ["DistributedError", "DistributedImplicit", "active_group", "all_reduce_sums", "announce_failure",
-           "assign_owners", "broadcast_tensors", "distribute_optimizer", "eigh_split", "local_batches", "rank", "rank_generator",
+           "assign_owners", "broadcast_tensors", "linalg_ops", "distribute_optimizer", "eigh_split", "local_batches", "rank", "rank_generator",
            "rank_seed", "reset_traffic", "tensor_digest", "top_eigenpairs", "traffic", "world_size"]
 
 from .optim import distribute_optimizer  # noqa: E402  (uses the collectives above)

@@ -7,7 +7,6 @@ parameter the per-sample gradients ``[D, B, *shape]``. ``engine.accumulate`` tur
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +17,7 @@ from ..likelihoods import Likelihood
 from .data import iterate_batches, model_device_dtype
 from .directions import directions
 from .functional import persample_grads
-from .units import HookUnit, Plan, capture_forward, unit_activations, unit_output_grads
+from .units import HookUnit, Plan, capture_forward, settle, unit_activations, unit_output_grads
 
 
 @dataclass
@@ -61,7 +60,10 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _output_grads(out, zs, v, retain=False):
+def output_grads(out, zs, v, retain=False):
+    """Gradients of ``out`` along every direction ``v[d]`` at the tensors ``zs``: a list of ``[D, *z.shape]``
+    (None where ``out`` does not depend on z). One batched backward (``is_grads_batched``), or one
+    backward per direction for ops without a batching rule."""
     if v.shape[0] == 1:
         gs = torch.autograd.grad(out, zs, grad_outputs=v[0], allow_unused=True, retain_graph=retain)
         return [None if g is None else g.unsqueeze(0) for g in gs]
@@ -86,28 +88,47 @@ def _progress(iterable, total, enabled, description):
             bar.advance(task)
 
 
+def batch_source(model: nn.Module, data, batch_size: int | None = None, wrap=None):
+    """``(batches, first)``: an iterator of ``(index, X, y)`` over ``data`` on the model's device and
+    dtype, and its first batch (already read, still yielded), or None when ``wrap`` (a distributed
+    shard filter) let no batch through. Peeking keeps one-shot iterables (generators) usable."""
+    device, dtype = model_device_dtype(model)
+    it = iterate_batches(data, batch_size, device, dtype)
+    it = iter(wrap(it) if wrap is not None else it)
+    first = next(it, None)
+    if first is None:
+        return iter(()), None
+
+    def chained():
+        yield first
+        yield from it
+
+    return chained(), first
+
+
+def settled_plan(model: nn.Module, plan: Plan, first) -> Plan:
+    """``units.settle`` on the first batch from ``batch_source`` (the plan as it is without one)."""
+    return plan if first is None else settle(model, plan, first[1])
+
+
 def gather(
     model: nn.Module,
-    data,
+    batches,
     lik: Likelihood,
     kind: str,
     plan: Plan,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
-    batch_size: int | None = None,
     max_memory: float = 2**30,
     progress: bool = False,
     description: str = "Fisher",
     need_func: bool = True,
+    total: int | None = None,
 ):
-    """Yield one ``BatchStats`` per non-empty batch of ``data``."""
-    device, dtype = model_device_dtype(model)
-    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
-    batches = iterate_batches(data, batch_size, device, dtype)
-    first = True
+    """Yield one ``BatchStats`` per batch of ``batches`` (from ``batch_source``), for a settled ``plan``."""
     for i, x, y in _progress(batches, total, progress, description):
-        out, units, inputs, zs = capture_forward(model, x, plan, settle=first)
-        first = False
+        out, inputs, zs = capture_forward(model, x, plan)
+        units = plan.hook_units
         if not isinstance(out, torch.Tensor):
             raise FisherkitError(f"the model returned a {type(out).__name__}; fisherkit needs a tensor of outputs")
         lik.check(out, y if kind == "empirical" else None, i)
@@ -122,7 +143,7 @@ def gather(
             vc = v[c0 : c0 + chunk]
             stats = BatchStats(i, x.shape[0] if c0 == 0 else 0, first=c0 == 0)
             if units:
-                gzs = _output_grads(out, zs, vc, retain=c0 + chunk < d_total)
+                gzs = output_grads(out, zs, vc, retain=c0 + chunk < d_total)
                 for u, a, z, gz in zip(units, acts, zs, gzs):
                     if gz is None:
                         gz = a.new_zeros((vc.shape[0],) + tuple(z.shape))
@@ -138,12 +159,3 @@ def gather(
                         raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
                 stats.func = grads
             yield stats
-
-
-def warn_fallback(plan: Plan, structure: str) -> None:
-    if plan.func_names:
-        warnings.warn(
-            f"{structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
-            "these parameters fall back to a dense block (small) or a diagonal (large)",
-            stacklevel=3,
-        )

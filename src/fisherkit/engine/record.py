@@ -1,4 +1,5 @@
-"""Curvature statistics from the user's own forward / backward (no second pass over the data).
+"""The engine's second source of per-layer statistics: the user's own forward / backward (no second
+pass over the data), for the optimizer. The first source is ``collect.gather``'s own loop.
 
 During a forward with gradients enabled, forward hooks record each Linear/Conv layer's input ã and
 output z, and a hook on the model itself records the input x and output f. Then per ``kind``:
@@ -10,9 +11,10 @@ output z, and a hook on the model itself records the input x and output f. Then 
 * ``"empirical"``: tensor hooks on z and f keep the gradients the loss backward sends through them;
   for a mean-reduced loss these are rₙ/B, so they are multiplied by B (``loss_reduction="mean"``).
 
-The result is a ``Batch``: per hook unit (ã ``[B, T, I]``, g ``[D, B, T, O]``) as in
-``fisherkit.engine``, the directions V ``[D, B, *out]`` and the input x (for the torch.func
-fallback and for Fisher-vector products).
+The result is a ``Batch``: per hook unit (ã ``[B, T, I]``, g ``[D, B, T, O]``), the directions
+V ``[D, B, *out]`` and the input x (for the torch.func fallback and Fisher-vector products);
+``Batch.stats(func)`` is the same ``BatchStats`` record ``gather`` yields, so every structure's
+accumulator takes it unchanged.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine.directions import exact_directions
-from ..engine.units import unit_activations, unit_output_grads
 from ..errors import FisherkitError, NonFiniteError, ShapeError
+from .collect import BatchStats, output_grads
+from .directions import exact_directions
+from .units import unit_activations, unit_output_grads
 
 
 @dataclass
@@ -37,6 +40,10 @@ class Batch:
     outputs: dict = field(default_factory=dict)  # unit index -> list of outputs
     grads: dict = field(default_factory=dict)  # unit index -> output grads (empirical)
     f_grad: torch.Tensor | None = None
+
+    def stats(self, func: dict | None = None) -> BatchStats:
+        """This batch as the record the curvature accumulators take (``func``: torch.func per-sample grads)."""
+        return BatchStats(0, self.n, hook=list(self.hook), func=dict(func or {}))
 
 
 def check_output(lik, f: torch.Tensor) -> None:
@@ -126,13 +133,7 @@ class Recorder:
         zs_ok = [z for z in zs if z.requires_grad]
         if not zs_ok or not output.requires_grad:
             return
-        V = b.V.to(output.dtype)
-        if V.shape[0] == 1:
-            gs = torch.autograd.grad(output, zs_ok, grad_outputs=V[0], retain_graph=True, allow_unused=True)
-            gs = [None if g is None else g.unsqueeze(0) for g in gs]
-        else:
-            gs = torch.autograd.grad(output, zs_ok, grad_outputs=V, retain_graph=True, allow_unused=True,
-                                     is_grads_batched=True)
+        gs = output_grads(output, zs_ok, b.V.to(output.dtype), retain=True)
         it = iter(gs)
         for i, z in zip(idx, zs):
             b.grads[i] = next(it) if z.requires_grad else None

@@ -57,6 +57,15 @@ class Plan:
     def describe_fallback(self) -> str:
         return ", ".join(self.func_names)
 
+    def without(self, units: list[HookUnit]) -> "Plan":
+        """A new plan in which ``units`` (hooks that did not fire exactly once) go to the torch.func path."""
+        if not units:
+            return self
+        gone = {id(u) for u in units}
+        moved = {n for u in units for n in u.names}
+        return Plan(self.info, [u for u in self.hook_units if id(u) not in gone],
+                    [n for n in self.info.names if n in moved or n in self.func_names])
+
 
 def _hookable(module: nn.Module) -> bool:
     if not isinstance(module, HOOKABLE):
@@ -85,16 +94,6 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
             covered.update([w] + ([b] if has_b else []))
     plan.func_names = [n for n in chosen if n not in covered]
     return plan
-
-
-def demote(plan: Plan, units: list[HookUnit]) -> None:
-    """Move hook units whose hooks did not fire exactly once to the torch.func path."""
-    if not units:
-        return
-    gone = {id(u) for u in units}
-    plan.hook_units = [u for u in plan.hook_units if id(u) not in gone]
-    moved = {n for u in units for n in u.names}
-    plan.func_names = [n for n in plan.info.names if n in moved or n in plan.func_names]
 
 
 class Capture:
@@ -128,25 +127,47 @@ class Capture:
         return [u for i, u in enumerate(self.units) if len(self.inputs.get(i, [])) != 1]
 
 
-def capture_forward(model: nn.Module, x: torch.Tensor, plan: Plan, settle: bool):
-    """One forward pass with hooks on the plan's units.
+def settle(model: nn.Module, plan: Plan, x) -> Plan:
+    """The plan for this model, settled on one forward of (the first rows of) a batch ``x``.
 
-    With ``settle`` (the first batch), units whose hooks did not fire exactly once move to the
-    torch.func path. Returns ``(output, units, inputs, outputs)``, the last two aligned with ``units``.
+    A Linear/Conv layer whose hook fires zero times (bypassed, e.g. ``MultiheadAttention.out_proj``)
+    or several times (a layer reused) cannot be factored from one (input, output) pair: its
+    parameters move to the torch.func path. The probe forward runs without gradients on a copy of
+    the buffers, so nothing of the model changes (BatchNorm running statistics included).
+    """
+    if not plan.hook_units or x is None:
+        return plan
+    from torch.func import functional_call
+
+    from .functional import no_fused_attention
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    probe = x[: min(8, x.shape[0])] if isinstance(x, torch.Tensor) else x
+    with Capture(plan.hook_units) as cap, torch.no_grad(), no_fused_attention():
+        functional_call(model, (params, buffers), (probe,))
+    return plan.without(cap.misfired())
+
+
+def capture_forward(model: nn.Module, x: torch.Tensor, plan: Plan):
+    """One forward pass with hooks on the plan's (settled) units.
+
+    Returns ``(output, inputs, outputs)``, the last two aligned with ``plan.hook_units``; a unit
+    that did not fire exactly once (a plan not settled on this model) raises.
     """
     from .functional import no_fused_attention
 
     units = plan.hook_units
     with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
         out = model(x)
-    if settle:
-        bad = cap.misfired()
-        if bad:
-            demote(plan, bad)
-            units = plan.hook_units
-    pos = {id(u): j for j, u in enumerate(cap.units)}  # identity, not dataclass __eq__
-    idx = [pos[id(u)] for u in units]
-    return out, units, [cap.inputs[j][0] for j in idx], [cap.outputs[j][0] for j in idx]
+    bad = cap.misfired()
+    if bad:
+        j = next(k for k, u in enumerate(units) if u is bad[0])
+        raise FisherkitError(
+            f"layer {bad[0].module_name!r} was called {len(cap.inputs.get(j, []))} times in this "
+            "forward but once when the plan was settled; the model's control flow changed between batches"
+        )
+    return out, [cap.inputs[j][0] for j in range(len(units))], [cap.outputs[j][0] for j in range(len(units))]
 
 
 def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:

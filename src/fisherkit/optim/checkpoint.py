@@ -15,7 +15,7 @@ from ..curvature.io import atomic_write_safetensors, read_safetensors
 from ..errors import FisherkitError
 
 FORMAT = "fisherkit.optim.NaturalGradient"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the curvature as the one stack's Curvature tensors (``Preconditioner.state_dict``)
 
 
 def save(opt, path) -> None:
@@ -28,7 +28,7 @@ def save(opt, path) -> None:
         if buf is not None:
             tensors[f"momentum.{n}"] = buf
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    meta = {"structure": pre["structure"], "kind": pre["kind"], "names": pre["names"],
+    meta = {"structure": pre["structure"], "kind": pre["kind"], "names": pre["names"], "layout": pre["layout"],
             "shapes": [list(s) for s in opt.pre.info.shapes], "steps": pre["steps"], "updates": pre["updates"],
             "damping": pre["damping"], "skipped_steps": opt.skipped_steps, "param_groups": groups}
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
@@ -41,9 +41,9 @@ def load(opt, path) -> None:
     tensors, header = read_safetensors(path)
     if header.get("format") != FORMAT:
         raise FisherkitError(f"{path} is not a NaturalGradient checkpoint (format {header.get('format')!r})")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise FisherkitError(f"{path} has format version {header['format_version']}; this fisherkit reads "
-                             f"up to {FORMAT_VERSION}")
+    if int(header.get("format_version", 0)) != FORMAT_VERSION:
+        raise FisherkitError(f"{path} has format version {header.get('format_version')}; this fisherkit reads "
+                             f"version {FORMAT_VERSION} (restart the optimizer from the saved model weights)")
     meta = json.loads(header["meta"])
     shapes = [list(s) for s in opt.pre.info.shapes]
     if meta["names"] != list(opt.pre.info.names) or meta["shapes"] != shapes:
@@ -52,9 +52,11 @@ def load(opt, path) -> None:
     if len(meta["param_groups"]) != len(opt.param_groups):
         raise FisherkitError(f"{path} has {len(meta['param_groups'])} param groups; this optimizer has "
                              f"{len(opt.param_groups)}")
-    pre = {"structure": meta["structure"], "kind": meta["kind"], "names": meta["names"], "steps": meta["steps"],
+    pre = {"structure": meta["structure"], "kind": meta["kind"], "names": meta["names"], "shapes": meta["shapes"],
+           "layout": meta["layout"], "steps": meta["steps"],
            "updates": meta["updates"], "damping": meta["damping"], "generator": tensors["generator"],
            "tensors": {k[4:]: v for k, v in tensors.items() if k.startswith("pre.")}}
+    opt.pre.check_state(pre)
     opt.pre.load_state_dict(pre)
     for g, saved in zip(opt.param_groups, meta["param_groups"]):
         g.update(saved)

@@ -105,6 +105,8 @@ class NaturalGradient(torch.optim.Optimizer):
     def step(self, closure=None):
         """One natural-gradient step; ``closure`` (re-evaluates the loss, calls backward) is optional."""
         loss = None
+        if closure is not None and self.pre.parallel is not None:
+            closure = self.pre.parallel.mean_closure(closure)  # distributed: the mean of the ranks' losses
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -210,6 +212,11 @@ class NaturalGradient(torch.optim.Optimizer):
         extra = sd.pop("fisherkit", None)
         if extra is None:
             raise FisherkitError("this state_dict was not written by NaturalGradient (no 'fisherkit' entry)")
+        self.pre.check_state(extra.get("preconditioner"))  # all checks first: nothing is loaded on a mismatch
+        groups = sd.get("param_groups", [])
+        if len(groups) != len(self.param_groups) or any(len(a["params"]) != len(b["params"])
+                                                         for a, b in zip(groups, self.param_groups)):
+            raise FisherkitError("this state_dict has param groups of other sizes than this optimizer's")
         super().load_state_dict(sd)
         self.pre.load_state_dict(extra["preconditioner"])
         self.skipped_steps = int(extra["skipped_steps"])

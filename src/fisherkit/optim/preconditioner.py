@@ -8,11 +8,22 @@ It sits in front of any optimizer::
     pre.step()      # p.grad ← (F̂ + λI)⁻¹ ∇L
     opt.step()
 
-F̂ is an exponential moving average of the batch Fisher (see ``curvature_state``), refreshed every
-``update_every`` steps from the statistics of the user's own forward/backward (see ``capture``);
-its inverse / eigenbasis is refreshed every ``inv_every`` steps. With ``structure="implicit"``
-nothing is stored: (F_batch + λI) x = g is solved by conjugate gradients with Fisher-vector
-products on the current batch (Hessian-free style).
+It is a client of the one curvature stack: the engine's recorder (``engine.record``) turns the
+user's own forward/backward into the same per-layer ``BatchStats`` that ``fk.fisher`` gathers, the
+structure's own accumulator (``curvature/<structure>.py``) sums them, and F̂ is the moving average
+
+    F̂ ← ema · F̂ + (1 − ema) · F_batch,     F_batch = (1/B) Σₙ Σ_d gₙ,d gₙ,dᵀ  (in its structure),
+
+refreshed every ``update_every`` steps. Every ``inv_every`` steps the accumulator is finished into a
+``Curvature`` (its eigendecompositions computed then), and ``Curvature.solve`` applies the damped
+inverse (π-damping for Kronecker blocks as a solve option). EKFAC keeps the KFAC eigenbasis between
+refreshes and a moving average of the scalings S = (Q_Gᵀ ∇ₙ Q_A)² in it, restarted from the KFAC
+eigenvalues at each new basis. With ``structure="implicit"`` nothing is stored: (F_batch + λI) x = g
+is solved by conjugate gradients with Fisher-vector products on the current batch (Hessian-free).
+
+Distributed training sets ``parallel`` (``fisherkit.distributed.distribute_optimizer``): an object
+whose ``reduce`` all-reduces the accumulator sums and whose ``ops`` split the eigendecompositions;
+nothing of this class is patched.
 """
 
 from __future__ import annotations
@@ -21,15 +32,19 @@ import warnings
 
 import torch
 
+from ..choices import KINDS, check_choice, check_every, check_fraction, check_positive, check_structure
+from ..curvature import STRUCTURES as STRUCTURE_CLASSES
+from ..curvature.accumulator import LOCAL, Meta
+from ..curvature.ekfac import EKFAC, EKFACAccumulator
 from ..curvature.implicit import Implicit
+from ..curvature.io import from_tensors, to_tensors
+from ..curvature.blocks import EKronBlock
 from ..engine.functional import persample_grads
+from ..engine.record import Recorder
 from ..engine.units import make_plan
-from ..params import select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
-from .capture import Recorder
-from .curvature_state import DenseState, DiagState, EKronState, KronState, diag_from_batch, persample_matrix
-from ..choices import KINDS, check_choice, check_every, check_fraction, check_positive, check_structure
+from ..params import select_params
 
 DENSE_OPTIM_LIMIT = 5000
 OPTIM_STRUCTURES = ("kfac", "ekfac", "diag", "dense", "implicit")
@@ -40,6 +55,7 @@ OPTIM_REFUSED = {
     "lowrank": "a rank-k eigendecomposition of a moving-average Fisher costs a P×P eigh per refresh; use "
                "'implicit' (conjugate gradients on the batch Fisher) or 'kfac'",
 }
+STATE_VERSION = 2
 
 
 class Preconditioner:
@@ -83,38 +99,42 @@ class Preconditioner:
         if structure == "dense" and self.info.size > DENSE_OPTIM_LIMIT:
             raise FisherkitError(f"structure='dense' keeps a {self.info.size}² matrix (limit {DENSE_OPTIM_LIMIT} "
                                  "parameters); use 'kfac', 'ekfac', 'diag' or 'implicit'")
-        device = next(iter(self.params.values())).device
-        self.generator = torch.Generator(device=device)
+        p0 = next(iter(self.params.values()))
+        self.device, self.dtype = p0.device, p0.dtype
+        self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.steps = 0  # preconditioning steps taken
         self.updates = 0  # curvature refreshes taken
-        self.fallback_names: list[str] = []
-        self._build(plan.hook_units, plan.func_names)
+        self.parallel = None  # set by fisherkit.distributed.distribute_optimizer
+        self._start(plan)
         self.last_batch = None
         self._operator = None
 
     # ---- construction --------------------------------------------------------------------
-    def _build(self, units, func_names):
-        self.units, self.func_names = list(units), list(func_names)
-        s = self.structure
-        self.states = []
-        if s in ("kfac", "ekfac"):
-            cls = KronState if s == "kfac" else EKronState
-            self.states = [cls(u) for u in self.units]
-            if self.func_names:
-                self.states.append(DiagState(self.func_names))
-                self.fallback_names = list(self.func_names)
-        elif s == "diag":
-            self.states = [DiagState(self.info.names)]
-        elif s == "dense":
-            self.states = [DenseState(self.info.names, self.info.shapes)]
+    def _start(self, plan):
+        """(Re)start on a plan: a fresh moving average, no curvature yet, hooks on the plan's layers."""
+        self.plan = plan
+        self.fallback_names = list(plan.func_names) if self.structure in ("kfac", "ekfac") else []
+        self.running = self._accumulator() if self.structure != "implicit" else None
+        if self.running is not None:
+            self.running.consume = False
+        self.curvature = None  # the Curvature that preconditions (finished at the last inverse refresh)
+        self.kfac = None  # EKFAC: the KFAC curvature whose eigenbasis is in use
+        self._basis_new, self._last_stats = False, None
         if hasattr(self, "recorder"):
             self.recorder.remove()
-        self.recorder = Recorder(self.model, self.units, self.lik, self.kind, self.mc_samples, self.generator,
-                                 self.loss_reduction, need_layers=s != "implicit", wanted=self._wanted)
+        self.recorder = Recorder(self.model, plan.hook_units, self.lik, self.kind, self.mc_samples, self.generator,
+                                 self.loss_reduction, need_layers=self.structure != "implicit", wanted=self._wanted)
         if self.fallback_names:
-            warnings.warn(f"structure={s!r} has no Kronecker factorisation for {', '.join(self.fallback_names)}; "
-                          "these parameters use a diagonal Fisher instead", stacklevel=3)
+            warnings.warn(f"structure={self.structure!r} has no Kronecker factorisation for "
+                          f"{', '.join(self.fallback_names)}; these parameters use a diagonal Fisher instead",
+                          stacklevel=4)
+
+    def _accumulator(self, cls=None):
+        name = "kfac" if self.structure == "ekfac" else self.structure  # EKFAC: KFAC factors + scalings below
+        cls = cls or STRUCTURE_CLASSES[name].accumulator
+        meta = Meta(self.kind, self.lik.to_config(), self.dtype, self.device, {"fallback": "diag", "warn": False})
+        return cls(self.plan, meta)
 
     def _wanted(self) -> bool:
         return self.structure == "implicit" or self.steps % self.update_every == 0
@@ -122,6 +142,15 @@ class Preconditioner:
     def remove(self) -> None:
         """Remove the hooks from the model."""
         self.recorder.remove()
+
+    @property
+    def ops(self):
+        return self.parallel.ops if self.parallel is not None else LOCAL
+
+    def _reduce(self, sums, n, what):
+        if self.parallel is None:
+            return sums, n
+        return self.parallel.reduce(sums, n, what)
 
     # ---- gathering -----------------------------------------------------------------------
     def _func_grads(self, batch, names):
@@ -138,29 +167,63 @@ class Preconditioner:
         bad = rec.misfired() if self.updates == 0 else []
         b = rec.finish()
         if bad:  # e.g. a layer reused twice, or bypassed: its parameters go to the torch.func path
-            gone = [self.units[i] for i in bad]
-            keep = [u for i, u in enumerate(self.units) if i not in bad]
-            moved = {n for u in gone for n in u.names}
-            self._build(keep, [n for n in self.info.names if n in moved or n in self.func_names])
+            gone = [self.plan.hook_units[i] for i in bad]
             warnings.warn("layers " + ", ".join(repr(u.module_name) for u in gone) + " were not called exactly "
                           "once per forward; their parameters use a torch.func Fisher (diagonal for kfac/ekfac)",
-                          stacklevel=3)
+                          stacklevel=4)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._start(self.plan.without(gone))
         self.last_batch = b
         if self.structure == "implicit":
             return b
-        func = self._func_grads(b, self.func_names)
-        for st in self.states:
-            if isinstance(st, KronState):
-                hit = [(a, g) for u, a, g in b.hook if u is st.unit]
-                if hit:
-                    st.update(hit[0][0], hit[0][1], b.n, self.ema)
-            elif isinstance(st, DiagState):
-                sums = diag_from_batch([h for h in b.hook if h[0].weight in st.names], func)
-                st.update_sums(sums, b.n, self.ema)
-            elif isinstance(st, DenseState):
-                st.update_gram(persample_matrix(b.hook, func, st.names), b.n, self.ema)
+        stats = b.stats(self._func_grads(b, self.plan.func_names))
+        batch = self._accumulator()
+        batch.add(stats)
+        batch.load_sums(*self._reduce(batch.sums(), batch.n, "NaturalGradient curvature statistics"))
+        self.running.ema(self.ema, batch.scale_(1.0 / batch.n))
+        self._last_stats = stats
         self.updates += 1
         return b
+
+    def _refresh(self):
+        """Finish the moving average into a Curvature and eigendecompose it (split over ranks if distributed)."""
+        F = self.running.finish(self.ops).decompose(self.ops.eigh)
+        if self.structure == "ekfac":
+            self.kfac, self._basis_new = F, True
+        else:
+            self.curvature = F
+
+    def _fit_scalings(self):
+        """EKFAC: S ← ema·S + (1 − ema)·S_batch in the current basis (S restarts from λ_G λ_Aᵀ at a new basis)."""
+        kron = [b for b in self.kfac.blocks if b.kind == "kron"]
+        bases = {b.names[0]: (b.eig_factors()[0][1], b.eig_factors()[1][1]) for b in kron}
+        old = {b.names[0]: b.S for b in self.curvature.blocks if b.kind == "ekron"} if self.curvature else {}
+        s_batch = {}
+        if self._last_stats is not None and kron:
+            acc = self._accumulator(EKFACAccumulator)
+            acc.set_bases(bases)
+            acc.add(self._last_stats)
+            acc.load_sums(*self._reduce(acc.sums(), acc.n, "NaturalGradient EKFAC scalings"))
+            s_batch = acc.scalings()
+            decay = self.ema if old else 0.0
+        blocks = []
+        for b in self.kfac.blocks:
+            if b.kind != "kron":
+                blocks.append(b)
+                continue
+            w = b.names[0]
+            (la, qa), (lg, qg) = b.eig_factors()
+            prior = lg[:, None] * la[None, :]
+            if w not in s_batch:
+                S = prior if (self._basis_new or w not in old) else old[w]
+            elif self._basis_new or w not in old:
+                S = decay * prior + (1 - decay) * s_batch[w]
+            else:
+                S = self.ema * old[w] + (1 - self.ema) * s_batch[w]
+            blocks.append(EKronBlock(b.names, b.numels, b.out_features, b.has_bias, qa, qg, S))
+        self.curvature = EKFAC(self.info, 1, self.kind, self.lik.to_config(), blocks)
+        self._basis_new, self._last_stats = False, None
 
     # ---- the natural gradient ------------------------------------------------------------
     def grads(self) -> dict[str, torch.Tensor]:
@@ -176,23 +239,23 @@ class Preconditioner:
             if not torch.isfinite(g).all():
                 raise NonFiniteError(f"the gradient of {n!r} is not finite (NaN or inf); check the loss and the "
                                      "learning rate, or pass skip_nonfinite=True to skip such steps")
+        if self.parallel is not None:
+            grads = self.parallel.average_gradients(grads)
         if self.structure == "implicit":
             return self._implicit(grads)
         updated = False
         if self.steps % self.update_every == 0:
             self._ingest()
             updated = True
-        refresh = self.steps % self.inv_every == 0 or not all(st.ready for st in self.states)
-        for st in self.states:
-            if refresh:
-                st.refresh()
-            if isinstance(st, EKronState) and (updated or refresh):
-                st.fit_scaling(self.ema if st.t["S"] is not None else 0.0)
-        out = {}
-        for st in self.states:
-            out.update(st.precondition({k: grads[k] for k in st.names}, self.damping, self.pi_damping))
+        refresh = self.steps % self.inv_every == 0 or self.curvature is None
+        if refresh:
+            self._refresh()
+        if self.structure == "ekfac" and (updated or refresh):
+            self._fit_scalings()
+        g = self.info.join(grads)
+        out = self.curvature.solve(g, self.damping, pi_damping=self.pi_damping)
         self.steps += 1
-        return {n: out[n].reshape(grads[n].shape) for n in grads}
+        return {n: t.reshape(grads[n].shape) for n, t in self.info.split(out).items()}
 
     def _fvp_operator(self, b):
         """F_batch as an ``Implicit`` operator: v ↦ (1/B) Jᵀ [Σ_d V_d V_dᵀ] J v.
@@ -230,24 +293,24 @@ class Preconditioner:
             return torch.cat([(gi if gi is not None else torch.zeros_like(t)).reshape(-1)
                               for gi, t in zip(g, train.values())]) / b.n
 
-        return Implicit(self.info, b.n, self.kind, self.lik.to_config(), product, V.dtype, V.device)
+        op = Implicit(self.info, b.n, self.kind, self.lik.to_config(), product, V.dtype, V.device)
+        return self.parallel.implicit(op, b.n) if self.parallel is not None else op
 
     def _implicit(self, grads):
         b = self._ingest()
         self._operator = self._fvp_operator(b)
-        g = torch.cat([grads[k].reshape(-1) for k in self.info.names])
+        g = self.info.join(grads)
         x = self._operator.solve(g.detach(), self.damping, tol=self.cg_tol, max_iter=self.cg_iters)
         self.steps += 1
         return {k: t.reshape(s) for k, t, s in zip(self.info.names, torch.split(x, self.info.numels), self.info.shapes)}
 
     def quad(self, delta: dict[str, torch.Tensor]) -> torch.Tensor:
         """ΔᵀF̂Δ for a displacement (dict name → tensor), with the undamped curvature in use."""
-        if self.structure == "implicit":
-            if self._operator is None:
-                raise FisherkitError("no Fisher has been formed yet; call step() first")
-            d = torch.cat([delta[k].reshape(-1) for k in self.info.names])
-            return d @ self._operator.mv(d)
-        return sum(st.quad({k: delta[k] for k in st.names}) for st in self.states)
+        op = self._operator if self.structure == "implicit" else self.curvature
+        if op is None:
+            raise FisherkitError("no Fisher has been formed yet; call step() first")
+        d = self.info.join(delta)
+        return d @ op.mv(d)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -261,26 +324,70 @@ class Preconditioner:
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to resume exactly: counters, damping, RNG state and the curvature tensors."""
-        tensors = {}
-        for i, st in enumerate(self.states):
-            for k, v in st.t.items():
-                if v is not None:
-                    tensors[f"{i}.{st.kind}.{k}"] = v.detach().clone()
+        """Everything needed to resume exactly: counters, damping, RNG state, the moving average's sums
+        and the curvatures in use (safetensors-ready tensors plus a JSON-able ``layout``)."""
+        tensors, layout = {}, {"version": STATE_VERSION, "plan_func_names": list(self.plan.func_names)}
+        if self.running is not None:
+            tensors.update({f"running.{k}": v.detach().clone() for k, v in self.running.sums().items()})
+        for key in ("curvature", "kfac"):
+            F = getattr(self, key)
+            if F is not None:
+                ts, meta = to_tensors(F, f"{key}.")
+                tensors.update({k: v.detach().clone() for k, v in ts.items()})
+                layout[key] = meta
+        layout["basis_new"] = self._basis_new
         return {"structure": self.structure, "kind": self.kind, "names": list(self.info.names),
-                "steps": self.steps, "updates": self.updates, "damping": self.damping,
-                "generator": self.generator.get_state(), "tensors": tensors}
+                "shapes": [list(s) for s in self.info.shapes], "steps": self.steps, "updates": self.updates,
+                "damping": self.damping, "generator": self.generator.get_state(), "tensors": tensors,
+                "layout": layout}
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state(self, state: dict) -> None:
+        """Raise (changing nothing) unless ``state`` is a ``state_dict`` of a preconditioner like this one."""
+        if not isinstance(state, dict) or "tensors" not in state:
+            raise FisherkitError("this is not a Preconditioner state_dict (no 'tensors' entry)")
         if state.get("structure") != self.structure or state.get("names") != list(self.info.names):
             raise FisherkitError(
                 f"this state is for structure={state.get('structure')!r} over parameters "
                 f"{state.get('names', [])[:4]}...; the preconditioner has structure={self.structure!r} over "
                 f"{self.info.names[:4]}..."
             )
+        if state.get("kind") != self.kind:
+            raise FisherkitError(f"this state is for kind={state.get('kind')!r}; the preconditioner has "
+                                 f"kind={self.kind!r} (its curvature would mean something else)")
+        shapes = state.get("shapes")
+        if shapes is not None and [list(s) for s in shapes] != [list(s) for s in self.info.shapes]:
+            raise FisherkitError(f"this state is for parameter shapes {shapes[:4]}...; the model has "
+                                 f"{[list(s) for s in self.info.shapes][:4]}...")
+        layout = state.get("layout")
+        if not isinstance(layout, dict) or layout.get("version") != STATE_VERSION:
+            raise FisherkitError("this state was written by an older fisherkit optimizer (state version "
+                                 f"{(layout or {}).get('version', 1)}; this one reads {STATE_VERSION}); "
+                                 "restart the optimizer from the saved model weights")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict``: everything is checked and rebuilt first, then assigned (all or nothing)."""
+        self.check_state(state)
+        layout, tensors = state["layout"], state["tensors"]
+        try:
+            built = {}
+            for key in ("curvature", "kfac"):
+                if key in layout:
+                    F = from_tensors(layout[key], {k: v.clone() for k, v in tensors.items()}, f"{key}.")
+                    built[key] = F.decompose(self.ops.eigh)  # as at the refresh: the same layout, bit-exact steps
+            plan = self.plan
+            if list(layout.get("plan_func_names", plan.func_names)) != list(plan.func_names):
+                moved = set(layout["plan_func_names"])
+                plan = plan.without([u for u in plan.hook_units if any(n in moved for n in u.names)])
+            running = {k[len("running."):]: v.clone() for k, v in tensors.items() if k.startswith("running.")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise FisherkitError(f"this optimizer state is incomplete or corrupt ({e}); nothing was loaded") from None
+        if plan is not self.plan:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._start(plan)
         self.steps, self.updates, self.damping = int(state["steps"]), int(state["updates"]), float(state["damping"])
         self.generator.set_state(state["generator"].clone())
-        for i, st in enumerate(self.states):
-            for k in st.t:
-                key = f"{i}.{st.kind}.{k}"
-                st.t[k] = state["tensors"][key].clone() if key in state["tensors"] else None
+        if self.running is not None:
+            self.running.load_sums(running, 1 if running else 0)
+        self.curvature, self.kfac = built.get("curvature"), built.get("kfac")
+        self._basis_new, self._last_stats = bool(layout.get("basis_new", False)), None
