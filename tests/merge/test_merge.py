@@ -204,3 +204,18 @@ def test_bad_input_raises_before_work():
         merge(models, fishers=[fk.fisher(m, d, params=["0.weight"]) for m, d in zip(models, ds)])
     assert issubclass(MergeError, FisherkitError)
     assert torch.equal(flat(models[0]), before)
+
+
+def test_average_option_averages_those_and_fisher_merges_the_rest():
+    """average=['2']: the head is the λ-average; the body equals the diag closed form of Fishers over the body only
+    (reference: brute-force Fisher diagonal, restricted to the body — the head is not merged by the Fisher)."""
+    _, models = fine_tunes(2)
+    ds = [data(0), data(1)]
+    lams = [0.25, 0.75]
+    got = merge(models, data=ds, structure="diag", weights=lams, damping=0.0, average=["2"])
+    torch.testing.assert_close(got[2].weight, 0.25 * models[0][2].weight + 0.75 * models[1][2].weight)
+    nb = sum(p.numel() for p in models[0][0].parameters())
+    Fd = [brute_fisher(m, X).diagonal()[:nb] for m, (X, _) in zip(models, ds)]
+    t = [flat(m)[:nb] for m in models]
+    want = (lams[0] * Fd[0] * t[0] + lams[1] * Fd[1] * t[1]) / (lams[0] * Fd[0] + lams[1] * Fd[1])
+    torch.testing.assert_close(flat(got)[:nb], want, rtol=1e-9, atol=1e-10)

@@ -71,7 +71,7 @@ def fishers_for(models, data, names, structure="diag", kind="exact", likelihood=
 def merge_parameters(models, data=None, method="fisher", structure="diag", weights=None, kind="exact",
                      likelihood="categorical", damping=1e-6, normalize=None, fishers=None, keep=None, base=None,
                      fisher_at="models", prior="average", scale=1.0, alpha=1.0, generator=None, batch_size=None,
-                     dense_limit=DENSE_SOLVE_LIMIT, cg_tol=1e-10, cg_maxiter=1000) -> dict[str, torch.Tensor]:
+                     dense_limit=DENSE_SOLVE_LIMIT, cg_tol=1e-10, cg_maxiter=1000, average=None) -> dict[str, torch.Tensor]:
     """The merged values of the merged parameters (everything trainable not in ``keep``): name → tensor.
 
     Same arguments as ``merge``; nothing is copied or modified.
@@ -83,6 +83,7 @@ def merge_parameters(models, data=None, method="fisher", structure="diag", weigh
     all_names = [n for n, p in models[0].named_parameters() if p.requires_grad]
     kept = check_keep(keep, all_names)
     names = [n for n in all_names if n not in kept]
+    averaged = check_keep(average, names) if average is not None else []
     if base is not None:
         check_models([models[0], base])
     if method == "task_arithmetic":
@@ -111,6 +112,11 @@ def merge_parameters(models, data=None, method="fisher", structure="diag", weigh
             raise MergeError(f"alpha must lie in [0, 1]; got {alpha}")
     elif structure not in STRUCTURES:
         raise MergeError(f"unknown structure {structure!r}; use one of {list(STRUCTURES)}")
+    if averaged and len(averaged) == len(names):
+        raise MergeError("average= covers every merged parameter; use method='average'")
+    plain = _unflat(models[0], averaged, sum(w * _params(m, averaged) for w, m in zip(lams, models)) / sum(lams)) \
+        if averaged else {}
+    names = [n for n in names if n not in averaged]
     if fishers is None:
         data = _split_data(data, k)
         if data is None:
@@ -126,7 +132,7 @@ def merge_parameters(models, data=None, method="fisher", structure="diag", weigh
     if method == "regmean":
         from .regmean import regmean
 
-        return _unflat(models[0], names, regmean(fishers, thetas, lams, avg, a, eps))
+        return {**plain, **_unflat(models[0], names, regmean(fishers, thetas, lams, avg, a, eps))}
     coefs = list(lams)
     if normalize == "trace":
         coefs = [lam * fishers[i].info.size / max(float(fishers[i].trace()), 1e-300) for i, lam in enumerate(lams)]
@@ -134,7 +140,7 @@ def merge_parameters(models, data=None, method="fisher", structure="diag", weigh
     mean_diag = sum(c * float(F.trace()) for c, F in zip(coefs, fishers)) / (sum(lams) * fishers[0].info.size)
     center = _params(base, names) if prior == "base" else avg
     merged = fisher_weighted(fishers, thetas, lams, coefs, eps * mean_diag, center, dense_limit, cg_tol, cg_maxiter)
-    return _unflat(models[0], names, merged)
+    return {**plain, **_unflat(models[0], names, merged)}
 
 
 def _unflat(model, names, flat):
@@ -158,7 +164,7 @@ def _load_into(model, values):
 def merge(models, data=None, method="fisher", structure="diag", weights=None, kind="exact",
           likelihood="categorical", damping=1e-6, normalize=None, fishers=None, keep=None, base=None,
           fisher_at="models", prior="average", scale=1.0, alpha=1.0, into=0, generator=None, batch_size=None,
-          dense_limit=DENSE_SOLVE_LIMIT, cg_tol=1e-10, cg_maxiter=1000) -> torch.nn.Module:
+          dense_limit=DENSE_SOLVE_LIMIT, cg_tol=1e-10, cg_maxiter=1000, average=None) -> torch.nn.Module:
     """Merge k models of one architecture into a new model (a copy of ``models[into]``).
 
     θ* = (Σᵢ λᵢ(cᵢFᵢ + εI))⁻¹ (Σᵢ λᵢcᵢFᵢθᵢ + εΣλᵢ θ_prior) for ``method="fisher"``.
@@ -182,6 +188,8 @@ def merge(models, data=None, method="fisher", structure="diag", weights=None, ki
         fisher_at: ``"models"`` (Fᵢ at θᵢ) or ``"base"`` (Fᵢ of ``base`` on data i).
         prior: where ε pulls: ``"average"`` (Matena & Raffel) or ``"base"``.
         scale: task-arithmetic scale. alpha: RegMean's shrinkage of A's off-diagonal (1 = exact).
+        average: names or module prefixes that are λ-averaged instead of Fisher-merged (e.g. a shared
+            head: ``average=["head"]`` merges only the body by the Fisher); the Fishers then cover the rest.
 
     Example::
 
@@ -189,7 +197,7 @@ def merge(models, data=None, method="fisher", structure="diag", weights=None, ki
     """
     values = merge_parameters(models, data, method, structure, weights, kind, likelihood, damping, normalize,
                               fishers, keep, base, fisher_at, prior, scale, alpha, generator, batch_size,
-                              dense_limit, cg_tol, cg_maxiter)
+                              dense_limit, cg_tol, cg_maxiter, average)
     if not isinstance(into, int) or not 0 <= into < len(models):
         raise MergeError(f"into must be an index into models (0..{len(models) - 1}); got {into!r}")
     return _load_into(copy.deepcopy(models[into]), values)

@@ -1,0 +1,154 @@
+"""The pruning study on digits (used by ``fisherkit prune`` and benchmarks/bench_merge_prune.py).
+
+Per seed: train an MLP 64-64-64-10 (or a small CNN) on the digits training split; compute the three
+Fishers once (diag, block, kfac; exact, on the training data); prune one-shot to each sparsity with
+each method; test accuracy one-shot and after a short fine-tune with the masks held.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .core import prune
+from .masks import keep_masked
+
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+# (label, method, options)
+METHOD_SPECS = {
+    "magnitude": ("magnitude", dict(scope="global")),
+    "magnitude-layer": ("magnitude", dict(scope="layer")),
+    "obd": ("obd", dict()),
+    "woodfisher": ("woodfisher", dict(block_size=64)),
+    "woodfisher-noupdate": ("woodfisher", dict(block_size=64, update=False)),
+    "kfac": ("kfac", dict()),
+    "kfac-noupdate": ("kfac", dict(update=False)),
+}
+FISHER_OF = {"magnitude": None, "obd": "diag", "woodfisher": "block", "kfac": "kfac"}
+
+
+def make_model(arch: str, seed: int) -> nn.Module:
+    with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        if arch == "mlp":
+            return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        if arch == "cnn":
+            return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
+    raise ValueError(f"unknown architecture {arch!r}; use 'mlp' or 'cnn'")
+
+
+def train(model, X, y, epochs, lr=1e-3, batch=64, seed=0, guard=None):
+    """Adam on cross-entropy, seeded shuffles; ``guard`` keeps masks applied (a keep_masked factory)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    handle = guard(model, opt) if guard else None
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=g)
+        for s in range(0, len(X), batch):
+            idx = perm[s : s + batch]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+    if handle:
+        handle.remove()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model, X, y) -> float:
+    return float((model(X).argmax(1) == y).float().mean())
+
+
+def run(arch="mlp", seeds=(0, 1, 2), sparsities=SPARSITIES, methods=tuple(METHOD_SPECS), epochs=40,
+        finetune_epochs=2, progress=None) -> dict:
+    """Accuracy table: res['acc'][method][sparsity] = {'oneshot': [...per seed], 'finetuned': [...]}."""
+    from .. import datasets
+    from ..api import fisher
+
+    res = {"arch": arch, "seeds": list(seeds), "sparsities": list(sparsities), "methods": list(methods),
+           "dense": [], "acc": {m: {str(s): {"oneshot": [], "finetuned": []} for s in sparsities} for m in methods},
+           "seconds": {"epoch": [], "fisher": {}, "prune": {m: [] for m in methods}}}
+    for seed in seeds:
+        d = datasets.load("digits", seed=seed)
+        net = train(make_model(arch, seed), d.X_train, d.y_train, epochs, seed=seed)
+        res["dense"].append(accuracy(net, d.X_test, d.y_test))
+        t = time.perf_counter()
+        train(make_model(arch, seed), d.X_train, d.y_train, 1, seed=seed)
+        res["seconds"]["epoch"].append(time.perf_counter() - t)
+        fishers = {}
+        for structure in {FISHER_OF[METHOD_SPECS[m][0]] for m in methods} - {None}:
+            t = time.perf_counter()
+            names = [n for n, p in net.named_parameters() if p.dim() > 1]
+            params = [n for n, _ in net.named_parameters()] if structure == "kfac" else names
+            fishers[structure] = fisher(net, (d.X_train, d.y_train), structure=structure, params=params,
+                                        batch_size=256)
+            res["seconds"]["fisher"].setdefault(structure, []).append(time.perf_counter() - t)
+        for m in methods:
+            method, opts = METHOD_SPECS[m]
+            F = fishers.get(FISHER_OF[method])
+            for s in sparsities:
+                t = time.perf_counter()
+                p = prune(net, sparsity=s, method=method, fisher=F, **opts)
+                res["seconds"]["prune"][m].append(time.perf_counter() - t)
+                res["acc"][m][str(s)]["oneshot"].append(accuracy(p, d.X_test, d.y_test))
+                train(p, d.X_train, d.y_train, finetune_epochs, seed=seed + 1000, guard=keep_masked)
+                res["acc"][m][str(s)]["finetuned"].append(accuracy(p, d.X_test, d.y_test))
+                if progress:
+                    progress(f"{arch} seed {seed} {m} {s}: {res['acc'][m][str(s)]['oneshot'][-1]:.3f} / "
+                             f"{res['acc'][m][str(s)]['finetuned'][-1]:.3f}")
+    return res
+
+
+def _ms(v):
+    import statistics
+
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def format_table(res) -> str:
+    """Rows: methods; columns: sparsities; cells 'one-shot / fine-tuned' mean test accuracy (%) over seeds."""
+    head = f"{res['arch']}: dense {100 * _ms(res['dense'])[0]:.1f} %  (mean over seeds {res['seeds']}; "
+    head += "one-shot / after a short fine-tune; ± = std of one-shot)"
+    lines = [head, f"{'method':<22}" + "".join(f"{int(100 * s):>19}%" for s in res["sparsities"])]
+    for m in res["methods"]:
+        cells = []
+        for s in res["sparsities"]:
+            a = res["acc"][m][str(s)]
+            mo, so = _ms(a["oneshot"])
+            mf, _ = _ms(a["finetuned"])
+            cells.append(f"{100 * mo:5.1f}±{100 * so:3.1f} / {100 * mf:5.1f}")
+        lines.append(f"{m:<22}" + "".join(f"{c:>20}" for c in cells))
+    ep = _ms(res["seconds"]["epoch"])[0]
+    cost = ", ".join(f"{k} Fisher {_ms(v)[0] / ep:.1f}×" for k, v in res["seconds"]["fisher"].items())
+    cost += "; prune " + ", ".join(f"{m} {_ms(v)[0] / ep:.2f}×" for m, v in res["seconds"]["prune"].items())
+    lines.append(f"cost vs one training epoch ({1e3 * ep:.0f} ms): {cost}")
+    return "\n".join(lines)
+
+
+def plot(res, path=None):
+    """Test accuracy against sparsity, one line per method (one-shot solid, fine-tuned dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [100 * s for s in res["sparsities"]]
+    for i, m in enumerate(res["methods"]):
+        c = f"C{i}"
+        for kind, style in (("oneshot", "-"), ("finetuned", "--")):
+            ys = [100 * _ms(res["acc"][m][str(s)][kind])[0] for s in res["sparsities"]]
+            ax.plot(xs, ys, style, color=c, marker="o", ms=3, label=m if kind == "oneshot" else None)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"digits {res['arch']}: one-shot (solid) and after a {'short'} fine-tune (dashed)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig
