@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 import pytest
-
-sm = pytest.importorskip("statsmodels.api")
+import statsmodels.api as sm  # a test dependency ([test] extra): if it is missing this module fails, never skips
 
 import fisherkit as fk
 
