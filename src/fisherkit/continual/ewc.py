@@ -27,15 +27,13 @@ Parameters that appear after a consolidation (a new head) carry no penalty; para
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .. import api
-from .._version import __version__
-from ..curvature.io import atomic_write_safetensors, check_against_model, from_tensors, read_safetensors, to_tensors
+from ..curvature.io import check_against_model, from_tensors, read_state, to_tensors, write_state
 from ..choices import check_structure
 from ..errors import FisherkitError, NonFiniteError, ShapeError
 from ..likelihoods import get_likelihood
@@ -219,28 +217,22 @@ class EWC:
                 tensors[f"t{i}.anchor.{n}"] = a
             terms.append({"weight": term.weight, "tasks": term.tasks, **meta})
         model_sig = [[n, list(p.shape)] for n, p in self.model.named_parameters()]
-        header = {"format": "fisherkit.ewc", "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
-                  "config": json.dumps(self._config()), "terms": json.dumps(terms), "model": json.dumps(model_sig)}
-        atomic_write_safetensors(tensors, header, path)
+        write_state(tensors, path, "fisherkit.ewc", FORMAT_VERSION, config=self._config(), terms=terms, model=model_sig)
 
     @classmethod
     def load(cls, path, model: torch.nn.Module) -> "EWC":
         """Restore an ``EWC`` saved by ``save``; refuses a file saved from a different architecture."""
-        tensors, header = read_safetensors(path)
-        if header.get("format") != "fisherkit.ewc":
-            raise FisherkitError(f"{path} is not a fisherkit EWC file (format={header.get('format')!r})")
-        if int(header.get("format_version", "0")) > FORMAT_VERSION:
-            raise FisherkitError(f"{path} was written by a newer fisherkit (EWC format {header['format_version']})")
-        saved = json.loads(header["model"])
+        tensors, header = read_state(path, "fisherkit.ewc", FORMAT_VERSION, "fisherkit EWC")
+        saved = header["model"]
         check_against_model([n for n, _ in saved], [tuple(s) for _, s in saved], model,
                             f"the EWC state in {path} (saved from a different model)", exact=True)
-        cfg = json.loads(header["config"])
+        cfg = header["config"]
         ewc = cls(model, lam=cfg["lam"], mode=cfg["mode"], gamma=cfg["gamma"], structure=cfg["structure"],
                   kind=cfg["kind"], likelihood=cfg["likelihood"], mc_samples=cfg["mc_samples"],
                   batch_size=cfg["batch_size"])
         p0 = next(model.parameters())
         tensors = {k: v.to(device=p0.device, dtype=p0.dtype) for k, v in tensors.items()}
-        for i, t in enumerate(json.loads(header["terms"])):
+        for i, t in enumerate(header["terms"]):
             F = from_tensors(t, tensors)
             anchor = {n: tensors[f"t{i}.anchor.{n}"] for n in F.info.names}
             ewc.terms.append(Term(F, anchor, float(t["weight"]), list(t["tasks"])))

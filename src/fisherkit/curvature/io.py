@@ -56,6 +56,37 @@ def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def write_state(tensors: dict[str, torch.Tensor], path, fmt: str, version: int, **fields) -> None:
+    """Atomically write a versioned fisherkit state: ``fields`` are stored as JSON in the metadata."""
+    header = {"format": fmt, "format_version": str(version), "fisherkit_version": __version__}
+    header.update({k: json.dumps(v) for k, v in fields.items()})
+    atomic_write_safetensors(tensors, header, path)
+
+
+def read_state(path, fmt: str, version: int, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by ``write_state``: refuses another format or a newer version, and parses
+    the JSON fields (a corrupt one is named). Returns (tensors, fields incl. ``format_version``)."""
+    tensors, header = read_safetensors(path)
+    if header.get("format") != fmt:
+        raise FisherkitError(f"{path} is not a {what} file (format={header.get('format')!r})")
+    try:
+        got = int(header.get("format_version", "0"))
+    except ValueError:
+        raise FisherkitError(f"{path} has an unreadable format version {header.get('format_version')!r}") from None
+    if got > version:
+        raise FisherkitError(f"{path} was written by a newer fisherkit ({what} format {got}; this one reads {version})")
+    fields = {"format_version": got}
+    for k, v in header.items():
+        if k in ("format", "format_version", "fisherkit_version"):
+            continue
+        try:
+            fields[k] = json.loads(v)
+        except ValueError:
+            raise FisherkitError(f"{path}: the metadata entry {k!r} is not valid JSON (a corrupt or hand-edited "
+                                 "file?); save it again") from None
+    return tensors, fields
+
+
 def _block_state(prefix: str, b, tensors: dict, descs: list) -> None:
     if isinstance(b, SumBlock):
         sub = []
@@ -100,9 +131,7 @@ def from_tensors(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = "")
 
 def save(curv, path) -> None:
     tensors, meta = to_tensors(curv)
-    header = {"format": "fisherkit.curvature", "format_version": str(FORMAT_VERSION),
-              "fisherkit_version": __version__, "meta": json.dumps(meta)}
-    atomic_write_safetensors(tensors, header, path)
+    write_state(tensors, path, "fisherkit.curvature", FORMAT_VERSION, meta=meta)
 
 
 def _make_block(desc, tensors):
@@ -140,12 +169,10 @@ def load(path, model: torch.nn.Module | None = None, map_location=None):
     differences) and tensors land on the model's device and dtype; ``map_location`` overrides the
     device.
     """
-    tensors, header = read_safetensors(path)
-    if header.get("format") != "fisherkit.curvature":
-        raise FisherkitError(f"{path} is not a fisherkit Fisher file (format={header.get('format')!r})")
-    if int(header.get("format_version", "0")) > FORMAT_VERSION:
-        raise FisherkitError(f"{path} was written by a newer fisherkit (format {header['format_version']})")
-    meta = json.loads(header["meta"])
+    tensors, fields = read_state(path, "fisherkit.curvature", FORMAT_VERSION, "fisherkit Fisher")
+    meta = fields.get("meta")
+    if not isinstance(meta, dict) or "names" not in meta:
+        raise FisherkitError(f"{path} has no readable Fisher metadata; save it again")
     shapes = [tuple(s) for s in meta["shapes"]]
     device, dtype = map_location, None
     if model is not None:

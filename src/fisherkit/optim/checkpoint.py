@@ -8,10 +8,7 @@ groups' hyper-parameters. ``load`` refuses a file written for other parameters o
 
 from __future__ import annotations
 
-import json
-
-from .._version import __version__
-from ..curvature.io import atomic_write_safetensors, read_safetensors
+from ..curvature.io import read_state, write_state
 from ..errors import FisherkitError
 
 FORMAT = "fisherkit.optim.NaturalGradient"
@@ -31,20 +28,16 @@ def save(opt, path) -> None:
     meta = {"structure": pre["structure"], "kind": pre["kind"], "names": pre["names"], "layout": pre["layout"],
             "shapes": [list(s) for s in opt.pre.info.shapes], "steps": pre["steps"], "updates": pre["updates"],
             "damping": pre["damping"], "skipped_steps": opt.skipped_steps, "param_groups": groups}
-    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
-              "meta": json.dumps(meta)}
-    atomic_write_safetensors(tensors, header, path)
+    write_state(tensors, path, FORMAT, FORMAT_VERSION, meta=meta)
 
 
 def load(opt, path) -> None:
     """Restore ``opt`` from a file written by ``save`` (bit-exact resumption)."""
-    tensors, header = read_safetensors(path)
-    if header.get("format") != FORMAT:
-        raise FisherkitError(f"{path} is not a NaturalGradient checkpoint (format {header.get('format')!r})")
-    if int(header.get("format_version", 0)) != FORMAT_VERSION:
-        raise FisherkitError(f"{path} has format version {header.get('format_version')}; this fisherkit reads "
+    tensors, fields = read_state(path, FORMAT, FORMAT_VERSION, "NaturalGradient checkpoint")
+    if fields["format_version"] != FORMAT_VERSION:
+        raise FisherkitError(f"{path} has format version {fields['format_version']}; this fisherkit reads "
                              f"version {FORMAT_VERSION} (restart the optimizer from the saved model weights)")
-    meta = json.loads(header["meta"])
+    meta = fields["meta"]
     shapes = [list(s) for s in opt.pre.info.shapes]
     if meta["names"] != list(opt.pre.info.names) or meta["shapes"] != shapes:
         raise FisherkitError(f"{path} was saved for parameters {meta['names'][:4]}... with shapes "
