@@ -87,3 +87,120 @@ def brute_expected_hessian(model, X, likelihood="categorical", n_samples=None, g
             yc = torch.tensor([c])
             H += p[c] * hessian(lambda t: nll("categorical", f_of(t), yc))(theta)
     return H / X.shape[0]
+
+
+# ---- per-layer references for KFAC / EKFAC (hand-written with autograd; no fisherkit code) ----------
+
+
+def _layer_inputs(module, x_in: torch.Tensor) -> torch.Tensor:
+    """ã for one sample: [T, I(+1)] layer inputs at each of the T shared positions, a 1 appended for the bias.
+
+    Linear on [1, *, d]: the T = prod(*) rows; Conv1d/Conv2d: the unfolded input patches (C_in, k...) order.
+    """
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        a = x_in.reshape(-1, x_in.shape[-1])
+    elif isinstance(module, nn.Conv2d):
+        a = torch.nn.functional.unfold(x_in, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                       stride=module.stride)[0].T  # [T, C_in·kh·kw]
+    elif isinstance(module, nn.Conv1d):
+        x = torch.nn.functional.pad(x_in, (module.padding[0], module.padding[0]))
+        k, s, d = module.kernel_size[0], module.stride[0], module.dilation[0]
+        t = (x.shape[-1] - d * (k - 1) - 1) // s + 1
+        a = torch.stack([x[0, :, i * s : i * s + d * (k - 1) + 1 : d].reshape(-1) for i in range(t)])
+    else:
+        raise TypeError(type(module))
+    if module.bias is not None:
+        a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
+    return a
+
+
+def brute_kfac(model, X, modules: dict, likelihood="categorical", sigma=1.0):
+    """KFAC-expand factors per layer by per-sample autograd loops, exact kind:
+
+    A = (1/N) Σₙ (1/T) Σ_t ãₙ,t ãₙ,tᵀ and G = (1/N) Σₙ Σ_t Σ_e Jₙ,e,tᵀ Λₙ,e Jₙ,e,t, with Jₙ,e,t = ∂f_e/∂z_t
+    [C, O] the Jacobian of output position e w.r.t. the layer's pre-activation z at position t
+    (Σ_d g gᵀ over the columns s_d of any square root of Λ). ``modules``: name → module.
+    Returns name → (A, G) in the [W | b] (row-major) coordinates.
+    """
+    out = {k: [0.0, 0.0] for k in modules}
+    for n in range(X.shape[0]):
+        store = {}
+
+        def hook(name):
+            def h(mod, inp, outp):
+                store[name] = (inp[0].detach(), outp)
+            return h
+
+        handles = [m.register_forward_hook(hook(k)) for k, m in modules.items()]
+        try:
+            f = model(X[n : n + 1])
+        finally:
+            for h in handles:
+                h.remove()
+        c = f.shape[-1]
+        lam = output_fisher(likelihood, f.detach()[0], sigma).reshape(-1, c, c)  # [E, C, C]
+        flat = f[0].reshape(-1, c)
+        names = list(modules)
+        zs = [store[k][1] for k in names]
+        # J[e, c] rows: gradients of each output entry w.r.t. every layer's z
+        rows = [[torch.autograd.grad(flat[e, j], zs, retain_graph=True, allow_unused=True) for j in range(c)]
+                for e in range(flat.shape[0])]
+        for li, k in enumerate(names):
+            m = modules[k]
+            a = _layer_inputs(m, store[k][0])  # [T, I]
+            out[k][0] = out[k][0] + a.T @ a / a.shape[0]
+            z = zs[li]
+            conv = not isinstance(m, torch.nn.Linear)
+            o = m.out_channels if conv else m.out_features
+            G = torch.zeros(o, o, dtype=a.dtype)
+            for e in range(flat.shape[0]):
+                J = torch.stack([r[li] if r[li] is not None else torch.zeros_like(z) for r in rows[e]])[:, 0]
+                if conv:
+                    J = J.reshape(c, J.shape[1], -1).permute(2, 0, 1)  # [T, C, O]
+                else:
+                    J = J.reshape(c, -1, J.shape[-1]).permute(1, 0, 2)  # [T, C, O]
+                G = G + torch.einsum("tco,cd,tdq->oq", J, lam[e], J)
+            out[k][1] = out[k][1] + G
+    return {k: (A / X.shape[0], G / X.shape[0]) for k, (A, G) in out.items()}
+
+
+def layer_index(model, module_name: str) -> torch.Tensor:
+    """Flat-vector positions of a layer's [W | b] entries in row-major order of the combined matrix."""
+    offs, i = {}, 0
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            offs[n] = (i, p)
+            i += p.numel()
+    w0, w = offs[module_name + ".weight"]
+    o = w.shape[0]
+    cols = w.numel() // o
+    idx = w0 + torch.arange(w.numel()).reshape(o, cols)
+    if module_name + ".bias" in offs:
+        b0, _ = offs[module_name + ".bias"]
+        idx = torch.cat([idx, (b0 + torch.arange(o))[:, None]], 1)
+    return idx.reshape(-1)
+
+
+def kfac_dense(model, factors: dict) -> torch.Tensor:
+    """The P × P block-diagonal matrix with blocks G ⊗ A (row-major [W | b]) at each layer's positions."""
+    p = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    dtype = next(model.parameters()).dtype
+    M = torch.zeros(p, p, dtype=dtype)
+    for name, (A, G) in factors.items():
+        idx = layer_index(model, name)
+        M[idx[:, None], idx[None, :]] = torch.kron(G, A)
+    return M
+
+
+def ekfac_dense(model, factors: dict, F: torch.Tensor) -> torch.Tensor:
+    """EKFAC from its definition: per layer Q = Q_G ⊗ Q_A (eigenvectors of the brute-force factors) and
+    S = diag(Qᵀ F_block Q) with F_block the layer's block of the brute-force Fisher ``F``; Q diag(S) Qᵀ."""
+    M = torch.zeros_like(F)
+    for name, (A, G) in factors.items():
+        idx = layer_index(model, name)
+        Q = torch.kron(torch.linalg.eigh(G)[1], torch.linalg.eigh(A)[1])
+        S = (Q.T @ F[idx[:, None], idx[None, :]] @ Q).diagonal()
+        M[idx[:, None], idx[None, :]] = Q @ torch.diag(S) @ Q.T
+    return M
