@@ -22,7 +22,7 @@ import torch
 
 from ._checks import MergeError
 
-DENSE_SOLVE_LIMIT = 2048  # blocks up to this many parameters are solved densely (eigh)
+DENSE_SOLVE_LIMIT = 6000  # blocks up to this many parameters are solved densely (Cholesky, float64)
 
 
 def _cg(apply, rhs, x0, precond, tol: float, maxiter: int, what: str) -> torch.Tensor:
@@ -86,35 +86,55 @@ def _kron_preconditioner(blocks, coefs, eps_total):
 
 
 def merge_block(blocks, thetas, lams, coefs, eps, prior, dense_limit, tol, maxiter):
-    """Merge one block: ``thetas`` are flat pieces (block order), ``coefs[i] = λᵢcᵢ``; returns the flat piece."""
+    """Merge one block: ``thetas`` are flat pieces (block order), ``coefs[i] = λᵢcᵢ``; returns the flat piece.
+
+    Dense solves run in float64 whatever the model's dtype (a Fisher merge is ill-conditioned by nature:
+    the directions no model cares about are exactly the ones ε decides).
+    """
     eps_total = eps * sum(lams)
+    out_dtype = prior.dtype
+    thetas = [t.double() for t in thetas]
+    prior = prior.double()
     fallback = prior
     kinds = {b.kind for b in blocks}
 
     def split(v):
         return blocks[0].split(v)
 
-    rhs = sum(c * b.cat(b.mv(split(t))) for c, b, t in zip(coefs, blocks, thetas)) + eps_total * prior
     if kinds == {"diag"}:
-        d = sum(c * b.values for c, b in zip(coefs, blocks)) + eps_total
+        vals = [b.values.double() for b in blocks]
+        rhs = sum(c * v * t for c, v, t in zip(coefs, vals, thetas)) + eps_total * prior
+        d = sum(c * v for c, v in zip(coefs, vals)) + eps_total
         safe = torch.where(d > 0, d, torch.ones_like(d))
-        return torch.where(d > 0, rhs / safe, fallback)
+        return torch.where(d > 0, rhs / safe, fallback).to(out_dtype)
     size = blocks[0].size
     if size <= dense_limit:
-        mat = sum(c * b.to_dense() for c, b in zip(coefs, blocks))
+        mats = [b.to_dense().double() for b in blocks]
+        mat = sum(c * m for c, m in zip(coefs, mats))
+        rhs = sum(c * (m @ t) for c, m, t in zip(coefs, mats, thetas)) + eps_total * prior
         mat = mat + eps_total * torch.eye(size, dtype=mat.dtype, device=mat.device)
-        return _solve_dense(mat, rhs, fallback)
+        if eps_total > 0:
+            L, info = torch.linalg.cholesky_ex(mat)
+            if int(info) == 0:
+                return torch.cholesky_solve(rhs[:, None], L)[:, 0].to(out_dtype)
+        return _solve_dense(mat, rhs, fallback).to(out_dtype)
+
+    def apply_one(b, v):
+        return b.cat(b.mv(split(v.to(b.cat(b.diag()).dtype)))).double()
+
+    rhs = sum(c * apply_one(b, t) for c, b, t in zip(coefs, blocks, thetas)) + eps_total * prior
 
     def apply(v):
-        return sum(c * b.cat(b.mv(split(v))) for c, b in zip(coefs, blocks)) + eps_total * v
+        return sum(c * apply_one(b, v) for c, b in zip(coefs, blocks)) + eps_total * v
 
     if kinds == {"kron"}:
-        precond = _kron_preconditioner(blocks, coefs, eps_total)
+        precond64 = _kron_preconditioner(blocks, coefs, eps_total)
+        precond = lambda r: precond64(r.to(blocks[0].A.dtype)).double()  # noqa: E731
     else:
-        d = sum(c * b.cat(b.diag()) for c, b in zip(coefs, blocks)) + eps_total
+        d = sum(c * b.cat(b.diag()).double() for c, b in zip(coefs, blocks)) + eps_total
         d = torch.where(d > 0, d, torch.ones_like(d))
         precond = lambda r: r / d  # noqa: E731
-    return _cg(apply, rhs, fallback.clone(), precond, tol, maxiter, f"the block of {blocks[0].names}")
+    return _cg(apply, rhs, fallback.clone(), precond, tol, maxiter, f"the block of {blocks[0].names}").to(out_dtype)
 
 
 def fisher_weighted(fishers, thetas, lams, coefs, eps, prior, dense_limit=DENSE_SOLVE_LIMIT, tol=1e-10,

@@ -85,10 +85,19 @@ def allocate(increases: list[torch.Tensor], targets: list[int] | int) -> list[to
 
 
 def prune_once(model, F, sparsity, method="kfac", names=None, scope="global", block_size=128, damping=1e-2,
-               update=True) -> dict[str, torch.Tensor]:
+               update=True, structured=None, group_size=1) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place to ``sparsity`` with a given Fisher ``F``; returns the masks (True = kept)."""
     names = names or prunable_weights(model)
     old = masks(model)
+    if structured == "rows":
+        from .structured import prune_rows
+
+        new_masks = prune_rows(model, F, method, names, sparsity, scope, group_size, damping, old)
+        set_masks(model, {**old, **{n: m & old[n] if n in old else m for n, m in new_masks.items()}})
+        from .masks import apply_masks
+
+        apply_masks(model)
+        return new_masks
     probs = _problems(model, F, method, names, block_size, damping, old)
     orders, incs = [], []
     for p in probs:
@@ -121,7 +130,8 @@ def prune_once(model, F, sparsity, method="kfac", names=None, scope="global", bl
 def prune(model: torch.nn.Module, data=None, sparsity: float = 0.9, method: str = "kfac", scope: str = "global",
           steps: int = 1, finetune: Callable | None = None, block_size: int = 128, damping: float = 1e-2,
           update: bool = True, kind: str = "exact", likelihood="categorical", generator=None, batch_size=None,
-          params=None, fisher=None, inplace: bool = False) -> torch.nn.Module:
+          params=None, fisher=None, inplace: bool = False, structured: str | None = None,
+          group_size: int = 1) -> torch.nn.Module:
     """Prune the Linear / Conv weights of ``model`` to ``sparsity`` (biases kept); returns the pruned model.
 
     Saliency of weight q: δL = w_q² / (2 [H⁻¹]_qq); OBS update of the others: −w_q H⁻¹e_q / [H⁻¹]_qq,
@@ -142,6 +152,9 @@ def prune(model: torch.nn.Module, data=None, sparsity: float = 0.9, method: str 
         fisher: a precomputed Fisher of the right structure (diag / block / kfac over those weights;
             for kfac, weights and biases) — only with ``steps=1``.
         inplace: prune ``model`` itself instead of a copy.
+        structured: ``"rows"`` removes whole output rows (neurons, conv channels) of each weight, in units
+            of ``group_size`` consecutive rows (e.g. the rows of one attention head); methods magnitude,
+            obd and kfac (OBS across rows through G, see ``fisherkit.prune.structured``).
 
     The masks are in ``fisherkit.prune.masks(pruned)``; keep them applied while training with
     ``with fisherkit.prune.keep_masked(pruned, optimizer): ...``.
@@ -158,11 +171,22 @@ def prune(model: torch.nn.Module, data=None, sparsity: float = 0.9, method: str 
     steps = check_positive_int(steps, "steps")
     block_size = check_positive_int(block_size, "block_size")
     damping = check_damping(damping)
+    if structured not in (None, "rows"):
+        raise PruneError(f"structured must be None (per weight) or 'rows'; got {structured!r}")
+    group_size = check_positive_int(group_size, "group_size")
+    if structured and method == "woodfisher":
+        raise PruneError("structured pruning supports magnitude, obd and kfac (OBS across rows through G); "
+                         "WoodFisher's blocks hold no cross-row information — use method='kfac'")
     if finetune is not None and not callable(finetune):
         raise PruneError("finetune must be a callable finetune(model) that trains the model in place")
     if not isinstance(model, torch.nn.Module):
         raise PruneError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     names = prunable_weights(model, params)
+    if structured:
+        shapes = {n: p.shape for n, p in model.named_parameters()}
+        bad = [f"{n} ({shapes[n][0]} rows)" for n in names if shapes[n][0] % group_size]
+        if bad:
+            raise PruneError(f"group_size={group_size} does not divide the output rows of {', '.join(bad)}")
     if method != "magnitude" and data is None and fisher is None:
         raise PruneError(f"method={method!r} needs data for the Fisher (or fisher=)")
     if fisher is not None:
@@ -179,7 +203,7 @@ def prune(model: torch.nn.Module, data=None, sparsity: float = 0.9, method: str 
         s_t = s if t == steps else 1 - (1 - s) ** (t / steps)
         F = fisher if fisher is not None else compute_fisher(target, data, method, names, kind, likelihood,
                                                              generator, batch_size)
-        prune_once(target, F, s_t, method, names, scope, block_size, damping, update)
+        prune_once(target, F, s_t, method, names, scope, block_size, damping, update, structured, group_size)
         if finetune is not None and t < steps:
             with keep_masked(target):
                 finetune(target)
