@@ -21,6 +21,7 @@ from .errors import FisherkitError
 
 # Subcommand modules, in the order `fisherkit --help` lists them.
 COMMANDS: list[str] = ["stats", "fisher", "demo", "ewc", "ngd", "active", "bench"]
+COMMANDS += ["merge", "prune"]  # fisherkit.commands.merge / .prune (model merging, OBS pruning)
 
 app = typer.Typer(
     name="fisherkit",
