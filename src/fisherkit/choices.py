@@ -54,3 +54,34 @@ def check_every(name: str, value) -> None:
     """A positive integer (a number of steps or samples)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FisherkitError(f"{name} must be a positive integer; got {value!r}")
+
+
+def as_generator(generator=None, seed=None, device="cpu", default_seed: int = 0, owner: str = ""):
+    """``(torch.Generator, seed)`` from the API's one randomness argument, ``generator=``.
+
+    ``generator`` may be a ``torch.Generator`` (used as handed over: it advances), an int seed (a new
+    generator seeded with it), or None (``default_seed``). ``seed=`` is the older name of the same
+    idea, still accepted with a ``DeprecationWarning``.
+    """
+    import warnings
+
+    import torch
+
+    if seed is not None:
+        if generator is not None:
+            raise FisherkitError(f"{owner}: pass generator= only (seed= is its deprecated alias), not both")
+        warnings.warn(f"{owner}: seed= is deprecated; pass generator=<int seed or torch.Generator>",
+                      DeprecationWarning, stacklevel=3)
+        generator = seed
+    if generator is None:
+        generator = default_seed
+    if isinstance(generator, torch.Generator):
+        if torch.device(generator.device).type != torch.device(device).type:
+            raise FisherkitError(f"{owner}: the generator is on {generator.device} but the model is on {device}; "
+                                 f"pass a torch.Generator(device={str(device)!r}) or an int seed")
+        return generator, int(generator.initial_seed())
+    if isinstance(generator, bool) or not isinstance(generator, int) or generator < 0:
+        raise FisherkitError(f"{owner}: generator= takes a torch.Generator or a non-negative int seed; got {generator!r}")
+    g = torch.Generator(device=device)
+    g.manual_seed(int(generator))
+    return g, int(generator)

@@ -24,7 +24,7 @@ def test_badge_matches_explicit_kmeanspp(small):
         i = int(torch.multinomial(d2 / d2.sum(), 1, generator=gen))
         ref.append(i)
         d2 = torch.minimum(d2, (G - G[i]).pow(2).sum(1))
-    st = BADGE(seed=4)
+    st = BADGE(generator=4)
     got = st.select(model, X, 8)
     assert got.tolist() == ref
     torch.testing.assert_close(st.scores_, G.pow(2).sum(1))

@@ -55,7 +55,7 @@ def test_select_contract(small, make):
 def test_bald_closed_form_and_reproducible(small):
     """BALD = H[mean p] − mean H[p] over dropout masks; with dropout it is ≥ 0, and seeded."""
     model, X, _, _ = small
-    a, b = BALD(seed=3), BALD(seed=3)
+    a, b = BALD(generator=3), BALD(generator=3)
     a.select(model, X, 3)
     b.select(model, X, 3)
     torch.testing.assert_close(a.scores_, b.scores_)
@@ -63,7 +63,7 @@ def test_bald_closed_form_and_reproducible(small):
     # a model with its own Dropout layer: reference by hand with the same seed
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 3)).double().eval()
-    st = BALD(n_samples=4, seed=1)
+    st = BALD(n_samples=4, generator=1)
     st.select(m, X, 2)
     assert not m.training and not m[2].training  # modes restored
     m[2].train()
@@ -76,10 +76,10 @@ def test_bald_closed_form_and_reproducible(small):
 
 def test_random_is_seeded_and_uniform(small):
     model, X, _, _ = small
-    a, b = Random(seed=5).select(model, X, 10), Random(seed=5).select(model, X, 10)
+    a, b = Random(generator=5).select(model, X, 10), Random(generator=5).select(model, X, 10)
     assert a.tolist() == b.tolist()
     counts = np.zeros(X.shape[0])
-    r = Random(seed=0)
+    r = Random(generator=0)
     for _ in range(600):
         counts[r.select(model, X, 6).numpy()] += 1
     # each point is picked with probability 6/60: mean count 60, binomial sd ≈ 7.3

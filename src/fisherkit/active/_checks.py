@@ -100,3 +100,18 @@ def eval_mode(model: nn.Module):
     finally:
         for m, t in modes:
             m.train(t)
+
+
+def pool_arg(data, X_pool):
+    """The pool passed as ``data`` (the API's name for the data an operation reads), or as the older
+    keyword ``X_pool`` (accepted with a ``DeprecationWarning``)."""
+    if X_pool is not None:
+        if data is not None:
+            raise FisherkitError("pass the pool once: as data (X_pool= is its older name)")
+        import warnings
+
+        warnings.warn("X_pool= is deprecated; pass the pool as data=", DeprecationWarning, stacklevel=3)
+        return X_pool
+    if data is None:
+        raise FisherkitError("no pool given: pass the unlabelled inputs as data")
+    return data

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import as_generator
 from ..errors import FisherkitError
 from .scores import last_layer_features
 from .strategies import Strategy
@@ -41,8 +42,8 @@ class BADGE(Strategy):
 
     name = "badge"
 
-    def __init__(self, seed: int = 0):
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
+    def __init__(self, generator=None, seed=None):
+        self.generator, self.seed = as_generator(generator, seed, owner="BADGE")
 
     def score(self, model, X, X_labeled=None):
         h, p = _features(model, X)
@@ -68,7 +69,7 @@ class BADGE(Strategy):
         return torch.tensor(chosen, dtype=torch.long)
 
     def __repr__(self):
-        return f"BADGE(seed={self.seed})"
+        return f"BADGE(generator={self.seed})"
 
 
 def _kron_quadratic(M: torch.Tensor, h: torch.Tensor, c: int, chunk: int = 256) -> torch.Tensor:

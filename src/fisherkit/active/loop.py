@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import as_generator
 from ..errors import FisherkitError, ShapeError
 from ._checks import as_pool, check_indices, check_outputs, eval_mode
 from .batch import BADGE, BAIT
@@ -40,10 +41,8 @@ def make_strategy(spec, seed: int = 0) -> Strategy:
         s = copy.deepcopy(spec)
     else:
         raise FisherkitError(f"a strategy must be a name or a fisherkit.active Strategy; got {type(spec).__name__}")
-    if hasattr(s, "seed"):
-        s.seed = seed
-    if hasattr(s, "generator"):
-        s.generator = torch.Generator().manual_seed(seed)
+    if hasattr(s, "generator"):  # reseeded: every strategy's randomness is its generator
+        s.generator, s.seed = as_generator(seed, owner=type(s).__name__)
     return s
 
 

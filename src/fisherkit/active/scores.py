@@ -24,11 +24,12 @@ from torch import nn
 
 from ..engine.functional import persample_grads
 from ..engine.collect import output_grads
+from ..engine.taps import OutputLayerTap
 from ..engine.units import capture_forward, make_plan, settle, unit_activations, unit_output_grads
 from ..params import select_params
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood, get_likelihood
-from ._checks import as_pool, check_outputs, eval_mode
+from ._checks import as_pool, check_outputs, eval_mode, pool_arg
 
 SCOPES = ("all", "last_layer")
 
@@ -118,37 +119,6 @@ def _scores_all(model, X, lik, top_classes, batch_size, params):
     return torch.cat(pieces)
 
 
-class _LinearTap:
-    """Forward hooks on every nn.Linear, to find the one that produces the model output."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-        self.handles = []
-
-    def __enter__(self):
-        for m in self.model.modules():
-            if isinstance(m, nn.Linear):
-                self.handles.append(m.register_forward_hook(self._hook))
-        return self
-
-    def _hook(self, module, inputs, output):
-        self.seen.append((module, inputs[0].detach(), output))
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-    def head(self, out: torch.Tensor):
-        for m, h, o in reversed(self.seen):
-            if o is out:
-                return m, h
-        raise FisherkitError(
-            "scope='last_layer' (and BADGE/BAIT/EGL diversity) needs the model output to come straight from "
-            "an nn.Linear layer; this model's output does not. Use scope='all' or end the model with nn.Linear"
-        )
-
-
 @torch.no_grad()
 def last_layer_features(model: nn.Module, X, batch_size: int = 4096, likelihood: str = "categorical"):
     """Inputs h ``[N, H]`` of the final ``nn.Linear``, the logits f ``[N, C]``, and whether it has a bias."""
@@ -156,7 +126,7 @@ def last_layer_features(model: nn.Module, X, batch_size: int = 4096, likelihood:
     hs, fs, has_bias = [], [], False
     with eval_mode(model):
         for s in range(0, X.shape[0], batch_size):
-            with _LinearTap(model) as tap:
+            with OutputLayerTap(model) as tap:
                 out = model(X[s : s + batch_size])
             check_outputs(out, likelihood)
             m, h = tap.head(out)
@@ -177,12 +147,13 @@ def _scores_last_layer(model, X, lik, top_classes, batch_size):
 
 def egl_scores(
     model: nn.Module,
-    X_pool,
+    data=None,
     likelihood: str | Likelihood = "categorical",
     scope: str = "all",
     top_classes: int | None = None,
     batch_size: int | None = None,
     params=None,
+    X_pool=None,
 ) -> torch.Tensor:
     """Expected gradient length EGL(x) = Σ_y p(y|x) ‖∇θ ℓ(x, y)‖²₂ for every pool point, shape ``[N]``.
 
@@ -194,13 +165,13 @@ def egl_scores(
 
     Example::
 
-        scores = fk.active.egl_scores(model, X_pool)          # [N], float64 if the model is
+        scores = fk.active.egl_scores(model, X_pool)          # [N] for a pool X_pool [N, ...]
         best = scores.topk(10).indices
     """
     if scope not in SCOPES:
         raise FisherkitError(f"unknown scope {scope!r}; use one of {SCOPES}")
     lik = _likelihood(likelihood)
-    X = as_pool(X_pool, model)
+    X = as_pool(pool_arg(data, X_pool), model)
     if top_classes is not None:
         if isinstance(top_classes, bool) or not isinstance(top_classes, int) or top_classes < 1:
             raise FisherkitError(f"top_classes must be a positive integer or None; got {top_classes!r}")

@@ -18,8 +18,10 @@ import math
 import torch
 from torch import nn
 
+from ..choices import as_generator
+from ..engine.taps import InputDropout
 from ..errors import FisherkitError
-from ._checks import as_pool, check_k, check_outputs, eval_mode
+from ._checks import as_pool, check_k, check_outputs, eval_mode, pool_arg
 from .scores import egl_scores, last_layer_features
 
 
@@ -31,9 +33,10 @@ class Strategy:
     def score(self, model: nn.Module, X: torch.Tensor, X_labeled: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def select(self, model: nn.Module, X_pool, k: int, X_labeled=None) -> torch.Tensor:
-        """Indices (into ``X_pool``) of the k points to label next; scores kept in ``self.scores_``."""
-        X = as_pool(X_pool, model)
+    def select(self, model: nn.Module, data=None, k: int | None = None, X_labeled=None, X_pool=None) -> torch.Tensor:
+        """Indices (into ``data``, the unlabelled pool ``[N, ...]``) of the k points to label next; scores
+        kept in ``self.scores_``. (``X_pool=`` is the older name of ``data``.)"""
+        X = as_pool(pool_arg(data, X_pool), model)
         k = check_k(k, X.shape[0])
         XL = None if X_labeled is None or len(X_labeled) == 0 else as_pool(X_labeled, model, "labelled set")
         self.scores_ = self.score(model, X, XL).detach()
@@ -64,15 +67,14 @@ class Random(Strategy):
 
     name = "random"
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, generator=None, seed=None):
+        self.generator, self.seed = as_generator(generator, seed, owner="Random")
 
     def score(self, model, X, X_labeled=None):
         return torch.rand(X.shape[0], generator=self.generator, dtype=torch.float64)
 
     def __repr__(self):
-        return f"Random(seed={self.seed})"
+        return f"Random(generator={self.seed})"
 
 
 class LeastConfidence(Strategy):
@@ -103,23 +105,6 @@ class Entropy(Strategy):
         return entropy(predict_proba(model, X))
 
 
-class _InputDropout:
-    """Forward pre-hooks applying dropout to the input of every nn.Linear but the first."""
-
-    def __init__(self, model: nn.Module, p: float):
-        self.model, self.p, self.handles = model, p, []
-
-    def __enter__(self):
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        for m in linears[1:]:
-            self.handles.append(m.register_forward_pre_hook(lambda mod, inp: (nn.functional.dropout(inp[0], self.p, True),)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
 class BALD(Strategy):
     """Bayesian active learning by disagreement with MC dropout (Houlsby et al. 2011, Gal et al. 2017).
 
@@ -130,12 +115,13 @@ class BALD(Strategy):
 
     name = "bald"
 
-    def __init__(self, n_samples: int = 20, p: float = 0.2, seed: int = 0):
+    def __init__(self, n_samples: int = 20, p: float = 0.2, generator=None, seed=None):
         if n_samples < 2:
             raise FisherkitError(f"BALD needs at least 2 MC-dropout samples; got {n_samples}")
         if not 0 < p < 1:
             raise FisherkitError(f"BALD dropout rate must be in (0, 1); got {p}")
-        self.n_samples, self.p, self.seed, self._calls = n_samples, p, seed, 0
+        self.generator, self.seed = as_generator(generator, seed, owner="BALD")
+        self.n_samples, self.p, self._calls = n_samples, p, 0
 
     @torch.no_grad()
     def score(self, model, X, X_labeled=None):
@@ -143,10 +129,11 @@ class BALD(Strategy):
         self._calls += 1
         probs = []
         with eval_mode(model), torch.random.fork_rng(devices=[]):
+            # dropout draws from the global RNG: forked (the caller's stream is untouched), seeded per call
             torch.manual_seed(self.seed * 100003 + self._calls)
             for m in drops:
                 m.train()
-            ctx = _InputDropout(model, self.p) if not drops else _Null()
+            ctx = InputDropout(model, self.p) if not drops else _Null()
             with ctx:
                 for _ in range(self.n_samples):
                     probs.append(torch.softmax(check_outputs(model(X), "categorical"), -1))
@@ -213,7 +200,8 @@ class EGL(Strategy):
     name = "egl"
 
     def __init__(self, scope: str = "all", top_classes: int | None = None, diversity: str = "topk",
-                 candidates: int = 10, temperature: float = 1.0, seed: int = 0, likelihood: str = "categorical"):
+                 candidates: int = 10, temperature: float = 1.0, generator=None, likelihood: str = "categorical",
+                 seed=None):
         if diversity not in ("topk", "cluster"):
             raise FisherkitError(f"unknown EGL diversity {diversity!r}; use 'topk' or 'cluster'")
         if not (temperature > 0 and math.isfinite(temperature)):
@@ -222,7 +210,7 @@ class EGL(Strategy):
             raise FisherkitError(f"candidates must be at least 1; got {candidates}")
         self.scope, self.top_classes, self.diversity = scope, top_classes, diversity
         self.candidates, self.temperature, self.likelihood = candidates, temperature, likelihood
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
+        self.generator, self.seed = as_generator(generator, seed, owner="EGL")
 
     def score(self, model, X, X_labeled=None):
         m = model if self.temperature == 1.0 else _Tempered(model, self.temperature)

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import FisherkitError, NonFiniteError
 from ..choices import check_fraction, check_positive
+from . import transforms as T
 from .damping import levenberg_marquardt
 from .preconditioner import Preconditioner
 
@@ -33,7 +34,7 @@ class NaturalGradient(torch.optim.Optimizer):
     """Natural-gradient descent with a KFAC / EKFAC / diagonal / dense / implicit (CG) Fisher.
 
     Args (beyond ``Preconditioner``'s ``structure, kind, likelihood, damping, update_every,
-    inv_every, ema, pi_damping, mc_samples, loss_reduction, cg_iters, seed``):
+    inv_every, ema, pi_damping, mc_samples, loss_reduction, cg_iters, generator``):
         lr: step size (> 0); per param group.
         momentum, weight_decay: heavy-ball momentum on the natural gradient; L2 added to the
             gradient before preconditioning. Per param group.
@@ -54,8 +55,8 @@ class NaturalGradient(torch.optim.Optimizer):
     def __init__(self, model, lr=0.1, structure="kfac", kind="mc", damping=1e-3, update_every=10, ema=0.95,
                  kl_clip=None, momentum=0.0, weight_decay=0.0, likelihood="categorical", inv_every=None,
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
-                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, seed=0, params=None,
-                 process_group=None, split_inverses=True):
+                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, generator=None, params=None,
+                 process_group=None, split_inverses=True, seed=None):
         check_positive("lr", lr)
         check_positive("kl_clip", kl_clip, allow_none=True)
         check_fraction("momentum", momentum)
@@ -72,7 +73,7 @@ class NaturalGradient(torch.optim.Optimizer):
         self.pre = Preconditioner(model, structure=structure, kind=kind, likelihood=likelihood, damping=damping,
                                   update_every=update_every, inv_every=inv_every, ema=ema, pi_damping=pi_damping,
                                   mc_samples=mc_samples, loss_reduction=loss_reduction, cg_iters=cg_iters,
-                                  seed=seed, params=tensors)
+                                  generator=generator, seed=seed, params=tensors)
         self.model, self.kl_clip = model, kl_clip
         self.adaptive_damping, self.lm_every, self.lm_omega = adaptive_damping, lm_every, lm_omega
         self.skip_nonfinite, self.diagnostics = skip_nonfinite, diagnostics
@@ -101,6 +102,15 @@ class NaturalGradient(torch.optim.Optimizer):
         raise NonFiniteError(f"{what} is not finite (NaN or inf); lower the learning rate, check the data, "
                              "or pass skip_nonfinite=True to skip such steps")
 
+    def _hyper(self) -> dict:
+        """Per parameter name: lr, momentum and weight decay of its param group."""
+        out = {"lr": {}, "momentum": {}, "weight_decay": {}}
+        for group in self.param_groups:
+            for p in group["params"]:
+                for k in out:
+                    out[k][self._name[id(p)]] = group[k]
+        return out
+
     @torch.no_grad()
     def step(self, closure=None):
         """One natural-gradient step; ``closure`` (re-evaluates the loss, calls backward) is optional."""
@@ -115,40 +125,25 @@ class NaturalGradient(torch.optim.Optimizer):
         if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
             if self._nonfinite(f"the loss ({float(torch.as_tensor(loss).detach())})"):
                 return loss
-        grads = self.pre.grads()
-        group_of = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                n = self._name[id(p)]
-                group_of[n] = group
-                if group["weight_decay"] and p.grad is not None:
-                    grads[n] = grads[n] + group["weight_decay"] * p
+        params = self.pre.params
+        hp = self._hyper()
+        grads = T.weight_decay(self.pre.grads(), params, hp["weight_decay"])
         bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
         if bad and self._nonfinite(f"the gradient of {bad[0]!r}"):
             return loss
         nat = self.pre.compute(grads)
-        delta = {}
-        for n, p in self.pre.params.items():
-            group = group_of[n]
-            d = nat[n]
-            if group["momentum"]:
-                st = self.state[p]
-                if "momentum_buffer" not in st:
-                    st["momentum_buffer"] = d.clone()
-                else:
-                    st["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                d = st["momentum_buffer"]
-            delta[n] = -group["lr"] * d
+        buffers = {n: self.state[p]["momentum_buffer"] for n, p in params.items()
+                   if "momentum_buffer" in self.state.get(p, {})}
+        directions = T.momentum(buffers, nat, hp["momentum"])
+        for n, b in buffers.items():
+            self.state[params[n]]["momentum_buffer"] = b
+        delta = T.scale(directions, hp["lr"])
         q = None
         if self.kl_clip is not None or self.adaptive_damping or self.diagnostics:
             q = float(self.pre.quad(delta))
-        if self.kl_clip is not None and 0.5 * q > self.kl_clip:
-            nu = math.sqrt(self.kl_clip / (0.5 * q))
-            delta = {n: d * nu for n, d in delta.items()}
-            q = q * nu * nu
-        old = {n: p.detach().clone() for n, p in self.pre.params.items()} if self.diagnostics else None
-        for n, p in self.pre.params.items():
-            p.add_(delta[n])
+        delta, q, _ = T.kl_clip(delta, q, self.kl_clip)
+        old = {n: p.detach().clone() for n, p in params.items()} if self.diagnostics else None
+        T.apply(params, delta)
         if self.adaptive_damping and (self.pre.steps - 1) % self.lm_every == 0:
             self._levenberg_marquardt(closure, loss, grads, delta, q)
         if self.diagnostics:

@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from ..choices import KINDS, check_choice, check_every, check_fraction, check_positive, check_structure
+from ..choices import KINDS, as_generator, check_choice, check_every, check_fraction, check_positive, check_structure
 from ..curvature import STRUCTURES as STRUCTURE_CLASSES
 from ..curvature.accumulator import LOCAL, Meta
 from ..curvature.ekfac import EKFAC, EKFACAccumulator
@@ -70,12 +70,14 @@ class Preconditioner:
         ema: weight of the old estimate in the moving average, in [0, 1).
         loss_reduction: ``"mean"`` or ``"sum"``: how the loss reduces over the batch (only matters
             for ``kind="empirical"``, whose output gradients are rescaled by B for a mean).
-        seed: seeds the generator of the Monte-Carlo labels (saved in ``state_dict``).
+        generator: the Monte-Carlo labels' randomness — an int seed (default 0) or a ``torch.Generator``
+            on the model's device (used as handed over); its state is saved in ``state_dict``.
+            ``seed=`` is the older name.
     """
 
     def __init__(self, model, structure="kfac", kind="mc", likelihood="categorical", damping=1e-3,
                  update_every=1, inv_every=None, ema=0.95, pi_damping=True, mc_samples=1,
-                 loss_reduction="mean", cg_iters=20, cg_tol=1e-6, seed=0, params=None):
+                 loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None, params=None, seed=None):
         if not isinstance(model, torch.nn.Module):
             raise FisherkitError(f"Preconditioner needs the torch.nn.Module being trained; got {type(model).__name__}")
         check_structure(structure, OPTIM_STRUCTURES, OPTIM_REFUSED)
@@ -101,8 +103,7 @@ class Preconditioner:
                                  "parameters); use 'kfac', 'ekfac', 'diag' or 'implicit'")
         p0 = next(iter(self.params.values()))
         self.device, self.dtype = p0.device, p0.dtype
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator, _ = as_generator(generator, seed, self.device, owner="Preconditioner")
         self.steps = 0  # preconditioning steps taken
         self.updates = 0  # curvature refreshes taken
         self.parallel = None  # set by fisherkit.distributed.distribute_optimizer
