@@ -1,6 +1,7 @@
 """`fisherkit stats ...` through fisherkit.cli.main: return codes, printed numbers, the PNG."""
 
 import math
+import re
 
 import pytest
 
@@ -87,3 +88,29 @@ def test_plot_function_returns_a_figure():
     assert len(ax.lines) >= 5  # two curves, two parabolas, the χ² line, MLE markers
     curve = ax.lines[0].get_ydata()
     assert max(curve) == pytest.approx(0.0, abs=1e-3) and math.isfinite(min(curve))
+
+
+def test_semicolons_and_0_vs_0_point_0_are_read_as_numbers(capsys):
+    """Issue 18 (CSV): "0" and "0.0" must be the same value and ';' must not be misread. The stats
+    command takes its data from --data, not a file: 0;0.0;1;1.0 is two zeros and two ones, p̂ = 0.5,
+    SE = √(0.25/4) = 0.25."""
+    assert main(["stats", "bernoulli", "--data", "0;0.0;1;1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "4 observation(s)" in out
+    assert re.search(r"│ p\s+│\s+0\.5 │\s+0\.25 │", out)
+
+
+def test_cauchy_command_expected_and_observed_standard_errors(capsys):
+    """A non-exponential family from the CLI: with cov_type expected the SE of both parameters is
+    γ̂·√(2/n) (I = diag(1/(2γ²))), γ̂ checked against scipy.stats.cauchy.fit; observed differs."""
+    from scipy import stats
+
+    data = [2.1, 1.9, 2.5, 2.2, 1.7, 30.0, -4.0, 2.05]
+    assert main(["stats", "cauchy", "--data", ",".join(map(str, data))]) == 0
+    expected_out = capsys.readouterr().out
+    _, scale = stats.cauchy.fit(data)
+    assert f"{scale * math.sqrt(2 / len(data)):.4g}" in expected_out
+    assert main(["stats", "cauchy", "--data", ",".join(map(str, data)), "--cov-type", "observed"]) == 0
+    observed_out = capsys.readouterr().out
+    assert "cov_type = observed" in observed_out
+    assert f"{scale * math.sqrt(2 / len(data)):.4g}" not in observed_out

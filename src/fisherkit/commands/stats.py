@@ -5,6 +5,10 @@ Examples::
     fisherkit stats binomial --successes 6 --trials 10 --plot out.png --compare 60/100
     fisherkit stats poisson --data 3,1,4,1,5
     fisherkit stats normal --data 2.1,1.9,2.5,2.2 --cov-type observed
+    fisherkit stats cauchy --data 2.1,1.9,2.5,2.2,1.7,30 --cov-type observed
+
+Data are given on the command line (``--data``), never read from a file: separators may be commas,
+semicolons or spaces, and "0" and "0.0" are the same number.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from rich.table import Table
 from ..errors import FisherkitError
 from ..stats import families as F
 from ..stats.mle import COV_TYPES, BoundaryWarning, fit
+from ..stats.nonexponential import Cauchy, Logistic, Weibull
 
 DATA_FAMILIES = {
     "bernoulli": (F.Bernoulli, "0/1 outcomes", "1,0,1,1,0,1"),
@@ -32,6 +37,10 @@ DATA_FAMILIES = {
     "normal": (F.Normal, "real numbers", "2.1,1.9,2.5,2.2,1.7"),
     "gamma": (F.Gamma, "positive numbers", "0.8,1.9,2.5,1.2,3.1"),
     "beta": (F.Beta, "numbers in (0, 1)", "0.2,0.35,0.6,0.41,0.3"),
+    # not exponential families: --cov-type observed and expected differ at the MLE
+    "logistic": (Logistic, "real numbers", "2.1,1.9,2.5,2.2,1.7,3.0"),
+    "cauchy": (Cauchy, "real numbers (heavy-tailed)", "2.1,1.9,2.5,2.2,1.7,30.0"),
+    "weibull": (Weibull, "positive lifetimes", "0.8,1.9,2.5,1.2,3.1"),
 }
 
 
