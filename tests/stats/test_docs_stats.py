@@ -22,7 +22,7 @@ def test_runnable_example_in_docs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "binomial_loglik.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("module", ["__init__", "family", "information", "mle", "custom", "glm", "plots"])
+@pytest.mark.parametrize("module", ["__init__", "family", "information", "mle", "custom", "glm", "plots", "nonexponential"])
 def test_docstring_examples(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     name = "fisherkit.stats" if module == "__init__" else f"fisherkit.stats.{module}"

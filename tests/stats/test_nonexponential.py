@@ -153,6 +153,12 @@ def test_bad_degrees_of_freedom_and_degenerate_weibull():
         fk.stats.fit(Weibull(), [2.0, 2.0, 2.0])
     with pytest.raises(fk.errors.SupportError, match="index 1"):
         fk.stats.fit(Weibull(), [1.0, -1.0])
+    # two Cauchy observations: L(1.5, 0.5) = L(1.2, 0.4) = (1/π)² — a semicircle of maxima
+    assert stats.cauchy.logpdf([1, 2], 1.5, 0.5).sum() == pytest.approx(stats.cauchy.logpdf([1, 2], 1.2, 0.4).sum())
+    with pytest.raises(fk.FisherkitError, match="not unique"):
+        fk.stats.fit(Cauchy(), [1.0, 2.0])
+    with pytest.raises(fk.FisherkitError, match="unbounded"):  # all equal: scale → 0
+        fk.stats.fit(Cauchy(), [2.0, 2.0, 2.0])
 
 
 # ------------------------------------------------------------------ heavy-tailed custom families

@@ -123,8 +123,13 @@ class Cauchy(Family):
     """Cauchy(x₀, γ): p(x) = 1 / (πγ (1 + z²)), z = (x − x₀)/γ — Student-t with ν = 1.
 
     No closed-form MLE (numerical, started at the median and half the interquartile range; the
-    likelihood of the location can have several local maxima for small n).
-    I = diag(1/(2γ²), 1/(2γ²)).
+    likelihood of the location can have several local maxima for small n, and for n = 2 the maximum
+    is not unique, which raises). I = diag(1/(2γ²), 1/(2γ²)).
+
+    >>> import fisherkit as fk
+    >>> fk.stats.Cauchy().fisher_information([0.0, 2.0])   # 1/(2γ²) on the diagonal
+    array([[0.125, 0.   ],
+           [0.   , 0.125]])
     """
 
     name = "Cauchy"
@@ -140,6 +145,15 @@ class Cauchy(Family):
 
     def closed_form_fisher(self, theta):
         return np.diag([0.5, 0.5]) / theta[1] ** 2
+
+    def closed_form_mle(self, data):
+        """None (the MLE is numerical), except that two distinct observations have no unique MLE."""
+        if len(data) == 2 and data[0] != data[1]:
+            raise FisherkitError(
+                "Cauchy: with two distinct observations the MLE is not unique — the likelihood is "
+                "maximal on a whole semicircle of (loc, scale) through them (Copas 1975); use n >= 3"
+            )
+        return None
 
     def initial_params(self, data):
         return _robust_start(data, 0.5)
