@@ -69,7 +69,7 @@ def brute_fisher(model, X, y=None, likelihood="categorical", kind="exact", sigma
             c = f.shape[-1]
             Jf = J.reshape(-1, c, theta.numel())
             lam = lam.reshape(-1, c, c)
-            F += torch.einsum("eap,eab,ebq->pq", Jf, lam, Jf)
+            F += torch.einsum("eap,eaq->pq", Jf, lam @ Jf)  # Σ_e J_eᵀ Λ_e J_e
         else:
             g = torch.func.grad(lambda t: nll(likelihood, f_of(t), y[n : n + 1], sigma))(theta)
             F += torch.outer(g, g)
