@@ -3,7 +3,7 @@
 References: `fisherkit.cli.main` — what the console script from pyproject's [project.scripts]
 calls — run in this process on the same arguments (same output, same exit code); and, in the
 slow run, the installed console script itself. Each subprocess imports torch (≈ 5 s), so the default
-run starts only two."""
+run starts only one."""
 
 import os
 import shutil
@@ -34,6 +34,7 @@ def test_python_dash_m_help_is_the_command_help(capsys):
     assert out.stdout.split() == capsys.readouterr().out.split()  # same text (up to terminal wrapping)
 
 
+@pytest.mark.slow
 def test_python_dash_m_reports_a_user_mistake_like_the_command(capsys):
     out = _run([sys.executable, "-m", "fisherkit", "stats", "poisson", "--data", "3,-1"])
     assert out.returncode == 2
