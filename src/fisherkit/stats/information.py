@@ -12,8 +12,11 @@ parameters, batched over all points). The expectation is computed
   truncated where the remaining tail mass is below 1e-14;
 * ``"quadrature"`` (continuous support): the trapezoid rule in an unconstrained coordinate u
   (x = u, lo + eᵘ or lo + (hi−lo)σ(u)), centred at the mode of the density in u with step 1/20 of
-  its Laplace scale, extended until the density is e⁻⁵⁰ of its peak. For smooth, fast-decaying
-  integrands on ℝ the trapezoid rule converges geometrically (≈ 1e-12 here);
+  its Laplace scale c, extended until the density is e⁻⁵⁰ of its peak. For smooth, fast-decaying
+  integrands on ℝ the trapezoid rule converges geometrically (≈ 1e-12 here). A tail that is not
+  down to e⁻⁵⁰ within 400 c is heavy (a power law, e.g. Cauchy): then the substitution
+  u = u* + c·sinh(t) maps the whole line to one where that tail decays exponentially, and the
+  trapezoid rule in t converges geometrically again (≈ 1e-14 for Cauchy and Student-t);
 * ``"mc"``: seeded Monte Carlo with ``mc_samples`` draws (standard error ∝ 1/√mc_samples).
 
 ``"auto"`` picks enumeration or quadrature from the support. The density must be normalised: a
