@@ -115,18 +115,79 @@ def to_tensors(curv, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def from_tensors(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = ""):
-    """The curvature ``to_tensors`` described (tensors already on the wanted device and dtype)."""
+def from_tensors(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = "", where: str = "this state"):
+    """The curvature ``to_tensors`` described (tensors already on the wanted device and dtype).
+
+    Every tensor's shape is checked against the parameters it covers (``check_shapes``) and every
+    value must be finite, so a corrupt or hand-edited state is refused here and not at ``mv``."""
     from . import STRUCTURES
 
-    if meta.get("structure") not in STRUCTURES or meta["structure"] == "implicit":
-        raise FisherkitError(f"unknown saved structure {meta.get('structure')!r}")
-    info = ParamInfo(list(meta["names"]), [tuple(s) for s in meta["shapes"]])
-    args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
-    cls = STRUCTURES[meta["structure"]]
-    if meta["structure"] == "lowrank":
-        return cls(*args, tensors[f"{prefix}values"], tensors[f"{prefix}vectors"])
-    return cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])
+    if not isinstance(meta, dict) or meta.get("structure") not in STRUCTURES or meta["structure"] == "implicit":
+        raise FisherkitError(f"{where}: unknown saved structure {(meta or {}).get('structure')!r}")
+    try:
+        info = ParamInfo(list(meta["names"]), [tuple(s) for s in meta["shapes"]])
+        args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
+        cls = STRUCTURES[meta["structure"]]
+        if meta["structure"] == "lowrank":
+            curv = cls(*args, tensors[f"{prefix}values"], tensors[f"{prefix}vectors"])
+        else:
+            curv = cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])
+    except FisherkitError as e:
+        raise FisherkitError(f"{where} is incomplete or corrupt: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise FisherkitError(f"{where} is incomplete or corrupt ({type(e).__name__}: {e}); save it again") from None
+    check_shapes(curv, where)
+    return curv
+
+
+def _expected_shapes(b) -> dict[str, tuple]:
+    """The shape each tensor of block ``b`` must have, from the parameters it covers."""
+    n = b.size
+    if b.kind == "dense":
+        return {"matrix": (n, n)}
+    if b.kind == "diag":
+        return {"values": (n,)}
+    o = int(b.out_features)
+    i = n // o if o > 0 and n % o == 0 else -1
+    if b.kind == "kron":
+        return {"A": (i, i), "G": (o, o)}
+    return {"QA": (i, i), "QG": (o, o), "S": (o, i)}
+
+
+def _block_problems(b, numels: dict, out: list) -> None:
+    if isinstance(b, SumBlock):
+        for t in b.terms:
+            _block_problems(t, numels, out)
+        return
+    for n, k in zip(b.names, b.numels):
+        if numels.get(n) != k:
+            out.append(f"the block of {n!r} covers {k} values but the parameter has {numels.get(n)}")
+    for field_name, want in _expected_shapes(b).items():
+        t = getattr(b, field_name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            out.append(f"{b.kind} tensor {field_name!r} of {b.names} has shape {got}, expected {want}")
+        elif not torch.is_floating_point(t) or not bool(torch.isfinite(t).all()):
+            out.append(f"{b.kind} tensor {field_name!r} of {b.names} is not finite floating point")
+
+
+def check_shapes(curv, where: str = "this Fisher") -> None:
+    """Raise ``FisherkitError`` listing every tensor of ``curv`` whose shape does not fit the
+    parameters it covers, or whose values are not finite (a corrupt or hand-edited file)."""
+    numels = dict(zip(curv.info.names, curv.info.numels))
+    problems: list[str] = []
+    if curv.structure == "lowrank":
+        vals, vecs = curv.values, curv.vectors
+        if vals.dim() != 1 or vecs.dim() != 2 or tuple(vecs.shape) != (curv.info.size, vals.shape[0]):
+            problems.append(f"lowrank values {tuple(vals.shape)} / vectors {tuple(vecs.shape)} do not fit "
+                            f"{curv.info.size} parameters")
+        elif not (bool(torch.isfinite(vals).all()) and bool(torch.isfinite(vecs).all())):
+            problems.append("lowrank values or vectors are not finite")
+    else:
+        for b in curv.blocks:
+            _block_problems(b, numels, problems)
+    if problems:
+        raise FisherkitError(f"{where} is corrupt: " + "; ".join(problems[:6]) + "; save it again")
 
 
 def save(curv, path) -> None:
@@ -171,7 +232,7 @@ def load(path, model: torch.nn.Module | None = None, map_location=None):
     """
     tensors, fields = read_state(path, "fisherkit.curvature", FORMAT_VERSION, "fisherkit Fisher")
     meta = fields.get("meta")
-    if not isinstance(meta, dict) or "names" not in meta:
+    if not isinstance(meta, dict) or not isinstance(meta.get("names"), list) or not isinstance(meta.get("shapes"), list):
         raise FisherkitError(f"{path} has no readable Fisher metadata; save it again")
     shapes = [tuple(s) for s in meta["shapes"]]
     device, dtype = map_location, None
@@ -181,4 +242,4 @@ def load(path, model: torch.nn.Module | None = None, map_location=None):
         device = device or p0.device
         dtype = p0.dtype
     tensors = {k: v.to(device=device or "cpu", dtype=dtype or v.dtype) for k, v in tensors.items()}
-    return from_tensors(meta, tensors)
+    return from_tensors(meta, tensors, where=f"the Fisher in {path}")

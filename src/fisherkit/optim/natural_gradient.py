@@ -6,9 +6,11 @@ gives (Lagrange) d ∝ −F⁻¹∇L, the natural gradient (Amari 1998). Per ste
 estimate of the chosen structure and λ the damping:
 
     n = (F̂ + λI)⁻¹ (∇L + η θ)                 (η = weight_decay)
+    n ← n · ‖a‖ / ‖n‖  per tensor               (graft: a = Adam's or SGD's step; optional)
     b ← μ b + n ;  Δ = −lr · b                  (μ = momentum)
-    Δ ← Δ · min(1, √(κ / (½ ΔᵀF̂Δ)))            (κ = kl_clip, the KL trust region)
+    Δ ← Δ · min(1, √(κ / (½ ΔᵀF̂Δ)))            (κ = kl_clip, kl_clip_mode="quadratic")
     θ ← θ + Δ
+    Δ ← ν Δ until KL_batch[p_θ ‖ p_θ+Δ] ≤ κ    (kl_clip_mode="measured": the KL actually moved)
 
 Example::
 
@@ -24,7 +26,7 @@ import math
 import torch
 
 from ..errors import FisherkitError, NonFiniteError
-from ..choices import check_fraction, check_positive
+from ..choices import check_choice, check_every, check_fraction, check_positive
 from . import transforms as T
 from .damping import levenberg_marquardt
 from .preconditioner import Preconditioner
@@ -38,7 +40,19 @@ class NaturalGradient(torch.optim.Optimizer):
         lr: step size (> 0); per param group.
         momentum, weight_decay: heavy-ball momentum on the natural gradient; L2 added to the
             gradient before preconditioning. Per param group.
-        kl_clip: bound κ on ½ΔᵀF̂Δ (None: no trust region).
+        kl_clip: the KL trust region κ (None: none). What it bounds is ``kl_clip_mode``:
+            ``"quadratic"`` (default): the model's quadratic KL ½ΔᵀF̂Δ with the curvature in use — free,
+            but F̂ is a moving average of a structured approximation, so the KL the step actually moves
+            on the batch can be many times κ (13–230× measured on digits for kfac/ekfac/diag);
+            ``"measured"``: the KL actually moved on the current batch, mean over its samples of
+            KL[p(y|x, θ) ‖ p(y|x, θ+Δ)] computed from the model's outputs before and after the step
+            (two extra forwards, plus one per backtrack); a step that moves more is shrunk by
+            ν = 0.99 √(κ/KL) and measured again (at most ``kl_backtracks`` times, then not taken), so
+            after ``step()`` the measured KL is ≤ κ — guaranteed, on that batch, in the model's mode.
+        graft: ``None``, ``"adam"`` or ``"sgd"``: per parameter tensor, keep the natural gradient's
+            direction and take the length of Adam's step g/(√v̂+ε) (``graft_beta2``, ``graft_eps``) or
+            of the gradient (SGD). The learning rate then has Adam's / SGD's scale and survives changes
+            of damping and of the curvature's scale.
         adaptive_damping: Levenberg–Marquardt rule every ``lm_every`` steps (needs ``closure``).
         skip_nonfinite: skip (and count in ``skipped_steps``) steps whose loss or gradient is not
             finite, instead of raising ``NonFiniteError``.
@@ -56,10 +70,17 @@ class NaturalGradient(torch.optim.Optimizer):
                  kl_clip=None, momentum=0.0, weight_decay=0.0, likelihood="categorical", inv_every=None,
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
                  pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, generator=None, params=None,
-                 process_group=None, split_inverses=True, seed=None):
+                 process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic", kl_backtracks=10,
+                 graft=None, graft_beta2=0.999, graft_eps=1e-8):
         check_positive("lr", lr)
         check_positive("kl_clip", kl_clip, allow_none=True)
         check_fraction("momentum", momentum)
+        check_choice("kl_clip_mode", kl_clip_mode, ("quadratic", "measured"))
+        if graft is not None:
+            check_choice("graft", graft, ("adam", "sgd"))
+        check_every("kl_backtracks", kl_backtracks)
+        check_fraction("graft_beta2", graft_beta2)
+        check_positive("graft_eps", graft_eps)
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
             raise FisherkitError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
         if not (0 < lm_omega < 1):
@@ -74,7 +95,9 @@ class NaturalGradient(torch.optim.Optimizer):
                                   update_every=update_every, inv_every=inv_every, ema=ema, pi_damping=pi_damping,
                                   mc_samples=mc_samples, loss_reduction=loss_reduction, cg_iters=cg_iters,
                                   generator=generator, seed=seed, params=tensors)
-        self.model, self.kl_clip = model, kl_clip
+        self.model, self.kl_clip, self.kl_clip_mode, self.kl_backtracks = model, kl_clip, kl_clip_mode, kl_backtracks
+        self.graft, self.graft_beta2, self.graft_eps = graft, graft_beta2, graft_eps
+        self.last_kl = None  # kl_clip_mode="measured": the KL the latest step moved on its batch
         self.adaptive_damping, self.lm_every, self.lm_omega = adaptive_damping, lm_every, lm_omega
         self.skip_nonfinite, self.diagnostics = skip_nonfinite, diagnostics
         self.skipped_steps = 0
@@ -132,6 +155,11 @@ class NaturalGradient(torch.optim.Optimizer):
         if bad and self._nonfinite(f"the gradient of {bad[0]!r}"):
             return loss
         nat = self.pre.compute(grads)
+        if self.graft is not None:
+            moments = {n: self.state[p]["graft_v"] for n, p in params.items() if "graft_v" in self.state.get(p, {})}
+            nat = T.graft(nat, grads, moments, self.graft, self.pre.steps, self.graft_beta2, self.graft_eps)
+            for n, v in moments.items():
+                self.state[params[n]]["graft_v"] = v
         buffers = {n: self.state[p]["momentum_buffer"] for n, p in params.items()
                    if "momentum_buffer" in self.state.get(p, {})}
         directions = T.momentum(buffers, nat, hp["momentum"])
@@ -139,16 +167,60 @@ class NaturalGradient(torch.optim.Optimizer):
             self.state[params[n]]["momentum_buffer"] = b
         delta = T.scale(directions, hp["lr"])
         q = None
-        if self.kl_clip is not None or self.adaptive_damping or self.diagnostics:
+        measured = self.kl_clip is not None and self.kl_clip_mode == "measured"
+        if (self.kl_clip is not None and not measured) or self.adaptive_damping or self.diagnostics:
             q = float(self.pre.quad(delta))
-        delta, q, _ = T.kl_clip(delta, q, self.kl_clip)
-        old = {n: p.detach().clone() for n, p in params.items()} if self.diagnostics else None
+        if not measured:
+            delta, q, _ = T.kl_clip(delta, q, self.kl_clip)
+        old = {n: p.detach().clone() for n, p in params.items()} if (self.diagnostics or measured) else None
+        f_old = self._batch_output() if measured else None
         T.apply(params, delta)
+        if measured:
+            nu = self._clip_measured(old, delta, f_old)
+            if nu != 1.0:
+                delta = {n: d * nu for n, d in delta.items()}
+                q = None if q is None else q * nu * nu
         if self.adaptive_damping and (self.pre.steps - 1) % self.lm_every == 0:
             self._levenberg_marquardt(closure, loss, grads, delta, q)
         if self.diagnostics:
             self._record(grads, nat, q, old)
         return loss
+
+    def _batch_output(self):
+        """The model's output on the current batch (the input of the latest recorded forward), no recording."""
+        x = self.pre.recorder.last_x
+        if x is None:
+            raise FisherkitError("kl_clip_mode='measured' needs the model's forward on the batch before step(); "
+                                 "none was seen (run model(x) with gradients enabled, then backward, then step)")
+        self.pre.recorder.busy = True
+        try:
+            return self.model(x).detach()
+        finally:
+            self.pre.recorder.busy = False
+
+    def _measured_kl(self, f_old) -> float:
+        """Mean over the batch of KL[p(y|f_old) ‖ p(y|f(θ))] (over all ranks' batches when distributed)."""
+        f_new = self._batch_output()
+        total = self.pre.lik.kl(f_old, f_new).sum().to(torch.float64).reshape(1)
+        sums, n = self.pre._reduce({"kl": total}, int(f_old.shape[0]), "NaturalGradient measured KL")
+        return float(sums["kl"][0]) / max(int(n), 1)
+
+    def _clip_measured(self, old, delta, f_old) -> float:
+        """Shrink the step just taken until the KL it moves on the batch is ≤ κ; returns the factor ν applied."""
+        nu, kl = 1.0, self._measured_kl(f_old)
+        for _ in range(self.kl_backtracks):
+            if kl <= self.kl_clip:
+                break
+            nu *= 0.99 * (self.kl_clip / kl) ** 0.5
+            for n, p in self.pre.params.items():
+                p.copy_(old[n]).add_(delta[n], alpha=nu)
+            kl = self._measured_kl(f_old)
+        if kl > self.kl_clip:  # still too far after all backtracks: do not move
+            nu, kl = 0.0, 0.0
+            for n, p in self.pre.params.items():
+                p.copy_(old[n])
+        self.last_kl = kl
+        return nu
 
     def _levenberg_marquardt(self, closure, loss, grads, delta, q):
         """ρ = (L(θ+Δ) − L(θ)) / (gᵀΔ + ½ΔᵀF̂Δ); λ shrinks when ρ > ¾, grows when ρ < ¼."""
@@ -203,15 +275,21 @@ class NaturalGradient(torch.optim.Optimizer):
         load(self, path)
 
     def load_state_dict(self, state_dict):
+        """Restore a ``state_dict``: torch's part and the preconditioner's are both checked (shapes,
+        finiteness, hyper-parameters, structure, kind) before anything is assigned (all or nothing)."""
+        from .checkpoint import check_torch_state
+
+        if not isinstance(state_dict, dict):
+            raise FisherkitError(f"load_state_dict needs a dict; got {type(state_dict).__name__}")
         sd = dict(state_dict)
         extra = sd.pop("fisherkit", None)
-        if extra is None:
+        if not isinstance(extra, dict):
             raise FisherkitError("this state_dict was not written by NaturalGradient (no 'fisherkit' entry)")
-        self.pre.check_state(extra.get("preconditioner"))  # all checks first: nothing is loaded on a mismatch
-        groups = sd.get("param_groups", [])
-        if len(groups) != len(self.param_groups) or any(len(a["params"]) != len(b["params"])
-                                                         for a, b in zip(groups, self.param_groups)):
-            raise FisherkitError("this state_dict has param groups of other sizes than this optimizer's")
+        prepared = self.pre._prepare_state(extra.get("preconditioner"))  # all checks first: nothing is loaded on a mismatch
+        check_torch_state(self, sd)
+        skipped = extra.get("skipped_steps")
+        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+            raise FisherkitError(f"this state_dict has skipped_steps={skipped!r}; nothing was loaded")
         super().load_state_dict(sd)
-        self.pre.load_state_dict(extra["preconditioner"])
-        self.skipped_steps = int(extra["skipped_steps"])
+        self.pre._assign_state(prepared)
+        self.skipped_steps = skipped

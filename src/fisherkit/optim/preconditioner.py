@@ -367,21 +367,66 @@ class Preconditioner:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict``: everything is checked and rebuilt first, then assigned (all or nothing)."""
+        self._assign_state(self._prepare_state(state))
+
+    def _prepare_state(self, state: dict) -> dict:
+        """Check ``state`` and build everything ``load_state_dict`` assigns, changing nothing of ``self``:
+        counters and damping in range, a generator state this device accepts, every tensor finite,
+        the curvatures and the moving average rebuilt with the shapes of this model's parameters."""
+        from ..curvature.io import check_shapes
+
         self.check_state(state)
         layout, tensors = state["layout"], state["tensors"]
+        where = "this optimizer state"
+        for key in ("steps", "updates"):
+            v = state.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FisherkitError(f"{where} has {key}={v!r} (a non-negative integer expected); nothing was loaded")
+        damping = state.get("damping")
+        if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0 \
+                or damping == float("inf"):
+            raise FisherkitError(f"{where} has damping={damping!r} (a finite number > 0 expected); nothing was loaded")
+        gen = state.get("generator")
+        try:
+            torch.Generator(device=self.device).set_state(gen.clone())
+        except (AttributeError, TypeError, RuntimeError, ValueError):
+            raise FisherkitError(f"{where} has an unusable random-generator state; nothing was loaded") from None
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise FisherkitError(f"{where} has an entry in 'tensors' that is not a tensor; nothing was loaded")
+        for k, v in tensors.items():
+            if not torch.is_floating_point(v) or not bool(torch.isfinite(v).all()):
+                raise NonFiniteError(f"{where} is corrupt: its tensor {k!r} is not finite floating point "
+                                     "(NaN or inf); nothing was loaded")
         try:
             built = {}
             for key in ("curvature", "kfac"):
                 if key in layout:
-                    F = from_tensors(layout[key], {k: v.clone() for k, v in tensors.items()}, f"{key}.")
+                    F = from_tensors(layout[key], {k: v.clone() for k, v in tensors.items()}, f"{key}.", where)
                     built[key] = F.decompose(self.ops.eigh)  # as at the refresh: the same layout, bit-exact steps
             plan = self.plan
             if list(layout.get("plan_func_names", plan.func_names)) != list(plan.func_names):
                 moved = set(layout["plan_func_names"])
                 plan = plan.without([u for u in plan.hook_units if any(n in moved for n in u.names)])
             running = {k[len("running."):]: v.clone() for k, v in tensors.items() if k.startswith("running.")}
-        except (KeyError, TypeError, ValueError) as e:
-            raise FisherkitError(f"this optimizer state is incomplete or corrupt ({e}); nothing was loaded") from None
+            if running and self.running is not None:  # a trial finish: sums of other shapes are refused here
+                name = "kfac" if self.structure == "ekfac" else self.structure
+                trial = STRUCTURE_CLASSES[name].accumulator(plan, Meta(self.kind, self.lik.to_config(), self.dtype,
+                                                                       self.device, {"fallback": "diag", "warn": False}))
+                trial.consume = False
+                trial.load_sums(running, 1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    check_shapes(trial.finish(LOCAL), f"{where} (its moving average)")
+        except FisherkitError as e:
+            raise FisherkitError(f"{e}; nothing was loaded") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise FisherkitError(f"{where} is incomplete or corrupt ({type(e).__name__}: {e}); nothing was loaded") \
+                from None
+        return {"state": state, "plan": plan, "running": running, "built": built}
+
+    def _assign_state(self, prepared: dict) -> None:
+        """The assignments of ``load_state_dict`` (nothing here can fail on a prepared state)."""
+        state, plan, running, built = prepared["state"], prepared["plan"], prepared["running"], prepared["built"]
         if plan is not self.plan:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -391,4 +436,4 @@ class Preconditioner:
         if self.running is not None:
             self.running.load_sums(running, 1 if running else 0)
         self.curvature, self.kfac = built.get("curvature"), built.get("kfac")
-        self._basis_new, self._last_stats = bool(layout.get("basis_new", False)), None
+        self._basis_new, self._last_stats = bool(state["layout"].get("basis_new", False)), None
