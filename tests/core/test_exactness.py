@@ -129,3 +129,30 @@ def test_structures_on_attention_keep_every_parameter(cases, structure):
                      if n in names])
     # those parameters are off the hook path, so their block is exact
     assert rel(K.to_dense()[idx][:, idx], F[idx][:, idx]) < 1e-10
+
+
+@pytest.mark.parametrize("name,mc", [(n, 1) for n in MODELS] + [("mlp", 2), ("cnn", 3), ("tokens", 2)])
+@pytest.mark.parametrize("lik", LIKELIHOODS)
+def test_mc_is_the_empirical_fisher_at_the_sampled_labels(name, lik, mc):
+    """kind='mc' with a seeded generator is (1/M) Σₘ of the brute-force empirical Fisher at the M label
+    draws. The labels are drawn here, batch by batch from the same seed, with the likelihood's sampler
+    (whose distribution tests/core/test_mc_unbiased.py checks against closed forms)."""
+    from fisherkit.likelihoods import get_likelihood
+
+    m, X = make(name)
+    sampler, gen = get_likelihood(lik), torch.Generator().manual_seed(3)
+    draws = [[] for _ in range(mc)]
+    for i in range(0, X.shape[0], 4):
+        with torch.no_grad():
+            f = m(X[i : i + 4])
+        for k in range(mc):
+            draws[k].append(sampler.sample(f, gen))
+    ref = sum(brute_fisher(m, X, torch.cat(d), lik, "empirical") for d in draws) / mc
+    for s in ("dense", "diag", "block"):
+        F = fk.fisher(m, (X, None), likelihood=lik, kind="mc", mc_samples=mc, structure=s, batch_size=4,
+                      generator=torch.Generator().manual_seed(3))
+        got = F.diag() if s == "diag" else F.to_dense()
+        want = ref.diagonal() if s == "diag" else ref if s == "dense" else ref * (got != 0)
+        assert rel(got, want) < 1e-10, s
+        if s == "block":
+            assert rel(got.diagonal(), ref.diagonal()) < 1e-10
