@@ -40,6 +40,10 @@ class Curvature:
             raise ShapeError(f"expected a flat tensor of {self.info.size} entries; got {type(v).__name__}")
         if v.dim() != 1 or v.shape[0] != self.info.size:
             raise ShapeError(f"expected a flat vector of {self.info.size} entries (all parameters); got shape {tuple(v.shape)}")
+        dtype = getattr(self, "dtype", None)
+        if dtype is not None and v.dtype != dtype:  # no silent cast (as torch's matmul): float64 → float32 loses digits
+            raise ShapeError(f"the vector is {v.dtype} but this Fisher is {dtype}; pass v.to({dtype}) (or compute the "
+                             f"Fisher of a model in {v.dtype})")
         return v
 
     def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
