@@ -24,7 +24,7 @@ from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params
 from .engine.units import make_plan
 from .params import select_params
-from .errors import FisherkitError
+from .errors import FisherkitError, NonFiniteError, ShapeError, model_call_error
 from .likelihoods import Likelihood, get_likelihood
 
 
@@ -160,8 +160,18 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
     for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group, what):
         if kind == "empirical" and y is None:
             raise FisherkitError(f"kind='empirical' needs labels, but batch {i} has none")
-        _, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen))
-        flat = torch.cat([g[k].reshape(-1) for k in info.names])
+        try:
+            f, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen))
+            flat = torch.cat([g[k].reshape(-1) for k in info.names])
+            if not bool(torch.isfinite(flat).all()):
+                raise _nonfinite_batch(i, x, f, what)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, FisherkitError) as e:
+            err = e if isinstance(e, FisherkitError) else model_call_error(model, x, e, f"batch {i}")
+            if _dist.world_size(process_group) > 1:
+                _dist.announce_failure(err, process_group, what)
+            raise err from (None if err is e else e)
         total = flat if total is None else total + flat
         n += x.shape[0]
     if _dist.world_size(process_group) == 1:
@@ -171,10 +181,31 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
     return sums["fv"] / n, n
 
 
+def _nonfinite_batch(i, x, f, what) -> NonFiniteError:
+    """Name the batch and say where the NaN/inf came from: the inputs, the outputs, or the backward."""
+    bad_in = [t for t in ([x] if isinstance(x, torch.Tensor) else list(x.values()) if isinstance(x, dict) else list(x))
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad_in:
+        rows = torch.nonzero(~torch.isfinite(bad_in[0]).reshape(bad_in[0].shape[0], -1).all(1)).flatten()[:5].tolist()
+        where = f"its inputs hold NaN or inf (rows {rows})"
+    elif not bool(torch.isfinite(f).all()):
+        where = "the model's outputs are NaN or inf (overflow in the model?)"
+    else:
+        where = ("the product is NaN or inf although the model's outputs are finite (e.g. huge inputs behind a "
+                 "saturating activation)")
+    return NonFiniteError(f"batch {i} of the {what}: {where}; fix or drop those values "
+                          "(e.g. torch.nan_to_num, or scale the inputs) and try again")
+
+
 def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None):
     seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()) if gen is not None else 0
-    n = sum(x.shape[0] for _, x, _ in _dist.local_batches(iterate_batches(data, batch_size, device, dtype),
-                                                          process_group, "implicit Fisher"))
+    n = 0
+    for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group,
+                                       "implicit Fisher"):
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in ([x] if isinstance(x, torch.Tensor) else x.values() if isinstance(x, dict) else x)):
+            raise _nonfinite_batch(i, x, None, "implicit Fisher")
+        n += x.shape[0]
 
     def product(v):
         return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
@@ -196,8 +227,14 @@ def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, ge
     device, _ = model_device_dtype(model)
     if isinstance(v, dict):
         v = torch.cat([v[n].reshape(-1) for n in info.names])
-    if v.dim() != 1 or v.shape[0] != info.size:
-        raise FisherkitError(f"v must be a flat vector of {info.size} entries; got shape {tuple(v.shape)}")
+    if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != info.size:
+        raise ShapeError(f"v must be a flat vector of {info.size} entries; got "
+                         f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+    if v.dtype != model_device_dtype(model)[1]:
+        raise ShapeError(f"v is {v.dtype} but the model's parameters are {model_device_dtype(model)[1]}; pass "
+                         f"v.to({model_device_dtype(model)[1]})")
+    if not bool(torch.isfinite(v).all()):
+        raise NonFiniteError("v holds NaN or inf; a Fisher-vector product needs a finite vector")
     seed = 0
     if kind == "mc":
         g = _seeded_generator(generator, device)
