@@ -195,6 +195,7 @@ def test_nearly_collinear_columns_are_named_with_the_condition_number(model, eps
         model(feature_names=["age", "height", "bmi"]).fit(X, y)
     assert isinstance(err.value, FisherkitError)
     assert "height" not in str(err.value)
+    assert "above 1/√ε" in str(err.value)  # refused up front (κ > 6.7e7), before any Fisher scoring
     reported = float(re.search(r"condition number ([0-9.e+]+)", str(err.value)).group(1))
     assert reported == pytest.approx(kappa, rel=0.01)
 

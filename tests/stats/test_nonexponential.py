@@ -52,6 +52,11 @@ def test_log_prob_and_sampler_match_scipy(family, theta, name, df, ref, ref_logp
     np.testing.assert_array_equal(draws, family.sample(theta, 20_000, rng=np.random.default_rng(1)))
     # Kolmogorov–Smirnov against scipy's cdf: a correct sampler fails at level 1e-4 once in 10,000 seeds
     assert stats.kstest(draws, ref.cdf).pvalue > 1e-4
+    # KS is weak in the tails (t₄ for t₃ passes it): each 1 % tail holds 1 % of the draws, within
+    # 5 binomial standard errors (√(0.01·0.99/N) ≈ 0.07 %)
+    se = math.sqrt(0.01 * 0.99 / len(draws))
+    assert abs(np.mean(draws < ref.ppf(0.01)) - 0.01) < 5 * se
+    assert abs(np.mean(draws > ref.ppf(0.99)) - 0.01) < 5 * se
 
 
 @pytest.mark.parametrize("family, theta, name, df, ref, ref_logpdf", CASES, ids=IDS)
