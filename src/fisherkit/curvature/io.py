@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,26 +20,109 @@ FORMAT_VERSION = 1
 _BLOCKS = {"dense": DenseBlock, "diag": DiagBlock, "kron": KronBlock, "ekron": EKronBlock}
 
 
-def atomic_write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> None:
-    """Write a safetensors file via a temp file in the same folder, fsync, then rename over ``path``."""
-    from safetensors.torch import save_file
+TEMP_TAG = "fisherkit-tmp"  # temp files: .<name>.fisherkit-tmp.<host>.<pid>.<random>
 
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{TEMP_TAG}.{socket.gethostname().replace('.', '_')}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process (or cannot tell): keep its file
+    return True
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete this host's fisherkit temp files in ``folder`` whose writing process is dead (a save
+    killed mid-write, e.g. by ``kill -9``); files of live processes and of other hosts are kept.
+    Best effort: a file that cannot be removed (read-only folder) is left. Returns what was removed."""
+    host = socket.gethostname().replace(".", "_")
+    removed = []
+    try:
+        entries = list(Path(folder).glob(f".*.{TEMP_TAG}.*.tmp"))
+    except OSError:
+        return removed
+    for f in entries:
+        parts = f.name[: -len(".tmp")].split(f".{TEMP_TAG}.", 1)
+        fields = parts[1].split(".") if len(parts) == 2 else []
+        if len(fields) != 3 or fields[0] != host or not fields[1].isdigit() or _pid_alive(int(fields[1])):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+def _target(path: Path) -> Path:
+    """Where a save lands, decided as ``torch.save`` / ``numpy.save`` / safetensors' ``save_file`` do
+    (they ``open(path, "wb")``): through a symlink to the file it points at (the link is kept);
+    a read-only file or a missing or read-only folder is an error — never silently replaced or
+    created. Returns the real path of the file to replace."""
+    real = Path(os.path.realpath(path))
+    folder = real.parent
+    if not folder.is_dir():
+        raise FisherkitError(f"cannot save {path}: the folder {folder} does not exist; create it first "
+                             "(fisherkit does not create folders, like torch.save and numpy.save)")
+    if real.is_dir():
+        raise FisherkitError(f"cannot save {path}: it is a folder; pass a file path")
+    if real.exists() and (not os.access(real, os.W_OK) or not real.stat().st_mode & 0o222):  # root: the mode bits
+        raise FisherkitError(f"cannot save {path}: the file is read-only (mode {stat.S_IMODE(real.stat().st_mode):o}); "
+                             "make it writable (chmod u+w) or save to another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FisherkitError(f"cannot save {path}: the folder {folder} is not writable (permission denied); "
+                             "save to another folder")
+    return real
+
+
+def atomic_write(path, write) -> None:
+    """Write a file atomically: ``write(tmp_path)`` fills a temp file in the target's folder, which
+    is fsynced, given ordinary permissions (those of the file it replaces, else 0666 & ~umask —
+    not ``mkstemp``'s 0600) and renamed over the target. On any failure the temp file is removed;
+    temp files left by killed processes in that folder are removed first (``remove_stale_temps``).
+    Symlinks, read-only files and missing folders: see ``_target``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    real = _target(path)
+    remove_stale_temps(real.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(real.name), suffix=".tmp", dir=real.parent)
+    except PermissionError:
+        raise FisherkitError(f"cannot save {path}: the folder {real.parent} is not writable (permission denied)") from None
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → ordinary permissions for the saved file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        if real.exists():
+            mode = stat.S_IMODE(real.stat().st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, real)
+    except BaseException as e:
+        try:
             os.unlink(tmp)
-        raise
+        except OSError:
+            pass
+        if isinstance(e, PermissionError):
+            raise FisherkitError(f"cannot save {path}: permission denied ({e.strerror})") from None
+        raise  # other OSErrors (disk full, ...) keep their type: not a user mistake; the target is unchanged
+
+
+def atomic_write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> None:
+    """Write a safetensors file atomically (``atomic_write``: temp file, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -47,6 +132,7 @@ def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.exists():
         raise FisherkitError(f"no such file: {path}")
+    remove_stale_temps(Path(os.path.realpath(path)).parent)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -129,11 +215,15 @@ def from_tensors(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = "",
         args = (info, meta["num_samples"], meta["kind"], meta["likelihood"])
         cls = STRUCTURES[meta["structure"]]
         if meta["structure"] == "lowrank":
-            curv = cls(*args, tensors[f"{prefix}values"], tensors[f"{prefix}vectors"])
+            vals, vecs = tensors[f"{prefix}values"], tensors[f"{prefix}vectors"]
+            if vals.dim() != 1 or tuple(vecs.shape) != (info.size, vals.shape[0]):
+                raise FisherkitError(f"lowrank values {tuple(vals.shape)} / vectors {tuple(vecs.shape)} have the wrong "
+                                     f"shape for {info.size} parameters")
+            curv = cls(*args, vals, vecs)
         else:
             curv = cls(*args, [_make_block(d, tensors) for d in meta["blocks"]])
     except FisherkitError as e:
-        raise FisherkitError(f"{where} is incomplete or corrupt: {e}") from None
+        raise FisherkitError(f"{where} is corrupt: {e}; save it again") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise FisherkitError(f"{where} is incomplete or corrupt ({type(e).__name__}: {e}); save it again") from None
     check_shapes(curv, where)

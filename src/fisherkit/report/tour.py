@@ -12,13 +12,13 @@ import math
 import os
 import platform
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..curvature.io import atomic_write
 from ..errors import FisherkitError
 from .figures import png_bytes
 from .html import render
@@ -48,14 +48,9 @@ class DemoRun:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The library's one atomic write (``curvature.io.atomic_write``): temp file, fsync, rename, with
+    ordinary permissions (0666 & ~umask, or those of the file replaced) instead of mkstemp's 0600."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _json_safe(value: Any) -> Any:
