@@ -40,7 +40,9 @@ def main(argv=None):
     ap.add_argument("--only", choices=["merge", "prune"], default=None)
     ap.add_argument("--archs", default="mlp,cnn")
     ap.add_argument("--variants", default=None, help="comma-separated merge variants (default: all)")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "bench_merge_prune.json"))
+    ap.add_argument("--ft-epochs", type=int, default=10, help="merging: fine-tuning epochs per task")
+    ap.add_argument("--ft-lr", type=float, default=1e-3, help="merging: fine-tuning learning rate")
+    ap.add_argument("--json", default=None, help="default: benchmarks/results/bench_merge_prune[_<only>].json")
     ap.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -61,14 +63,19 @@ def main(argv=None):
         variants = tuple(args.variants.split(",")) if args.variants else (
             QUICK_VARIANTS if args.quick else tuple(merge_ex.VARIANTS))
         t = time.perf_counter()
-        res = merge_ex.run(seeds=seeds, variants=variants)
+        res = merge_ex.run(seeds=seeds, variants=variants, ft_epochs=args.ft_epochs, ft_lr=args.ft_lr)
         res["wall_seconds"] = time.perf_counter() - t
         print(merge_ex.format_table(res), flush=True)
         for s, d in zip(seeds, res["diagnostics"]):
             print(f"seed {s}: tr F_A / tr F_B = {d.get('trace_ratio_a_over_b', float('nan')):.2f}; mean max-probability "
                   f"on own task: A {d['mean_max_prob_on_own_task'][0]:.3f}, B {d['mean_max_prob_on_own_task'][1]:.3f}")
-        merge_ex.plot(res, figs / "merge_variants.png")
+        suffix = "" if (args.ft_epochs, args.ft_lr) == (10, 1e-3) else f"_ft{args.ft_epochs}"
+        merge_ex.plot(res, figs / f"merge_variants{suffix}.png")
         out["merge"] = res
+    if args.json is None:
+        tag = "" if args.only is None else f"_{args.only}"
+        tag += "" if args.only == "prune" or (args.ft_epochs, args.ft_lr) == (10, 1e-3) else f"_ft{args.ft_epochs}"
+        args.json = str(ROOT / "benchmarks" / "results" / f"bench_merge_prune{tag}.json")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {args.json} and figures in {figs}")

@@ -23,24 +23,24 @@ VARIANTS = {
     "task-arithmetic": dict(method="task_arithmetic", scale=1.0),
     "regmean": dict(method="regmean", damping=0.0),
     "regmean-0.9": dict(method="regmean", alpha=0.9, damping=0.0),
+    # diagonal Fisher: the paper's merge, then one change at a time
     "diag": dict(structure="diag", damping=1e-6),
     "diag-empirical": dict(structure="diag", damping=1e-6, kind="empirical"),
-    "diag-at-base": dict(structure="diag", damping=1e-6, fisher_at="base"),
     "diag-normalized": dict(structure="diag", damping=1e-6, normalize="trace"),
-    "diag-eps0.1": dict(structure="diag", damping=0.1),
     "diag-eps1": dict(structure="diag", damping=1.0),
     "diag-body": dict(structure="diag", damping=1e-6, average=[HEAD]),
+    "diag-at-base": dict(structure="diag", damping=1e-6, fisher_at="base"),
+    "diag-at-base-normalized": dict(structure="diag", damping=1e-6, fisher_at="base", normalize="trace"),
+    "diag-body-at-base": dict(structure="diag", damping=1e-6, fisher_at="base", average=[HEAD]),
+    # Kronecker-factored and per-layer dense Fishers
     "kfac": dict(structure="kfac", damping=1e-6),
     "kfac-normalized": dict(structure="kfac", damping=1e-6, normalize="trace"),
     "kfac-eps0.1": dict(structure="kfac", damping=0.1),
     "kfac-body": dict(structure="kfac", damping=1e-6, average=[HEAD]),
     "kfac-at-base": dict(structure="kfac", damping=1e-6, fisher_at="base"),
-    "kfac-body-eps0.1": dict(structure="kfac", damping=0.1, average=[HEAD]),
     "kfac-body-at-base": dict(structure="kfac", damping=1e-6, fisher_at="base", average=[HEAD]),
-    "diag-at-base-normalized": dict(structure="diag", damping=1e-6, fisher_at="base", normalize="trace"),
-    "kfac-at-base-normalized": dict(structure="kfac", damping=1e-6, fisher_at="base", normalize="trace"),
-    "diag-body-at-base": dict(structure="diag", damping=1e-6, fisher_at="base", average=[HEAD]),
     "block-at-base": dict(structure="block", damping=1e-6, fisher_at="base"),
+    "block-at-base-eps0.1": dict(structure="block", damping=0.1, fisher_at="base"),
 }
 TASKS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 
@@ -69,6 +69,19 @@ def setup(seed: int, pre_epochs=20, ft_epochs=10, ft_lr=1e-3):
 def _fisher_key(opts):
     return (opts.get("structure", "diag"), opts.get("kind", "exact"), opts.get("fisher_at", "models"),
             tuple(opts.get("average") or ()))
+
+
+def extrapolation(merged_values, models, weights=(0.5, 0.5)) -> float:
+    """‖θ* − θ̄‖ / ‖θ_A − θ̄‖ over the merged parameters: ≤ 1 for any per-coordinate convex combination
+    (every diagonal merge); a matrix-weighted average (F_A + F_B)⁻¹(F_Aθ_A + F_Bθ_B) with non-commuting,
+    ill-conditioned Fishers can land far outside the segment between the models."""
+    num, den = 0.0, 0.0
+    for n, v in merged_values.items():
+        a, b = (dict(m.named_parameters())[n].detach() for m in models)
+        avg = weights[0] * a + weights[1] * b
+        num += float(((v - avg) ** 2).sum())
+        den += float(((a - avg) ** 2).sum())
+    return (num / max(den, 1e-300)) ** 0.5
 
 
 def evaluate(merged_values, template, tests):
@@ -104,7 +117,8 @@ def run(seeds=(0, 1, 2), variants=tuple(VARIANTS), progress=None, ft_epochs=10, 
     """res['acc'][variant] = [[acc task A, acc task B] per seed]; plus the fine-tunes and diagnostics."""
     from .core import fishers_for
 
-    res = {"seeds": list(seeds), "variants": list(variants), "ft_epochs": ft_epochs, "ft_lr": ft_lr, "acc": {v: [] for v in variants},
+    res = {"seeds": list(seeds), "variants": list(variants), "ft_epochs": ft_epochs, "ft_lr": ft_lr,
+           "acc": {v: [] for v in variants}, "extrapolation": {v: [] for v in variants},
            "finetuned": [], "base": [], "diagnostics": [], "seconds": {}}
     for seed in seeds:
         base, models, trains, tests = setup(seed, ft_epochs=ft_epochs, ft_lr=ft_lr)
@@ -130,6 +144,7 @@ def run(seeds=(0, 1, 2), variants=tuple(VARIANTS), progress=None, ft_epochs=10, 
             vals = merge_parameters(models, base=base, **opts)
             res["seconds"].setdefault(v, []).append(time.perf_counter() - t)
             res["acc"][v].append(evaluate(vals, models[0], tests))
+            res["extrapolation"][v].append(extrapolation(vals, models))
             if progress:
                 a = res["acc"][v][-1]
                 progress(f"seed {seed} {v}: {100 * a[0]:.1f} / {100 * a[1]:.1f}  mean {50 * (a[0] + a[1]):.1f}")
@@ -141,16 +156,20 @@ def format_table(res) -> str:
     import statistics
 
     lines = [f"merging two fine-tunes (digits 0-4 | 5-9, shared head), seeds {res['seeds']}: test accuracy %",
-             f"{'variant':<20}{'task 0-4':>10}{'task 5-9':>10}{'mean':>8}{'± std':>7}{'Δ vs avg (per seed)':>30}"]
+             f"{'variant':<24}{'task 0-4':>9}{'task 5-9':>9}{'mean':>7}{'± std':>7}{'Δ vs avg (per seed)':>24}"
+             f"{'‖θ*−θ̄‖/‖θA−θ̄‖':>17}"]
     avg = [sum(a) / 2 for a in res["acc"].get("average", [])]
     for v in res["variants"]:
         accs = res["acc"][v]
         means = [sum(a) / 2 for a in accs]
         delta = " ".join(f"{100 * (m - a):+5.1f}" for m, a in zip(means, avg)) if avg else ""
-        lines.append(f"{v:<20}{100 * statistics.mean(a[0] for a in accs):10.1f}{100 * statistics.mean(a[1] for a in accs):10.1f}"
-                     f"{100 * statistics.mean(means):8.1f}{100 * (statistics.stdev(means) if len(means) > 1 else 0):7.1f}"
-                     f"{delta:>30}")
+        ext = res.get("extrapolation", {}).get(v) or [float("nan")]
+        lines.append(f"{v:<24}{100 * statistics.mean(a[0] for a in accs):9.1f}{100 * statistics.mean(a[1] for a in accs):9.1f}"
+                     f"{100 * statistics.mean(means):7.1f}{100 * (statistics.stdev(means) if len(means) > 1 else 0):7.1f}"
+                     f"{delta:>24}{statistics.mean(ext):17.2f}")
     ft = res["finetuned"]
+    lines.append(f"setting: fine-tunes of {res.get('ft_epochs')} epochs at lr {res.get('ft_lr')}; ± is the std over seeds "
+                 "of the mean task accuracy")
     lines.append("fine-tunes alone (task A model on 0-4 / 5-9; task B model on 0-4 / 5-9): " + "; ".join(
         f"{100 * f[0][0]:.0f}/{100 * f[0][1]:.0f}, {100 * f[1][0]:.0f}/{100 * f[1][1]:.0f}" for f in ft))
     return "\n".join(lines)
