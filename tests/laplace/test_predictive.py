@@ -60,11 +60,13 @@ class Wrapped(nn.Module):  # not a Sequential: the generic (torch.func Jacobian)
         return self.inner(x)
 
 
-@pytest.mark.parametrize("structure", ["kfac", "diag", "dense", "lowrank"])
-def test_last_layer_feature_path_matches_jacobians(structure, monkeypatch):
+@pytest.mark.parametrize("structure", ["kfac", "diag", "dense", "lowrank", "ekfac"])
+@pytest.mark.parametrize("subset", ["last_layer", "all"])
+def test_sequential_rank_one_path_matches_jacobians(structure, subset, monkeypatch):
+    """Linear layers of a Sequential use J = B ⊗ ã (no Jacobians); the wrapped model uses torch.func."""
     m, X, y = mlp()
-    la = Laplace(m, "categorical", subset="last_layer", structure=structure, prior_precision=0.4).fit((X, y))
-    w = Laplace(Wrapped(m), "categorical", subset="last_layer", structure=structure, prior_precision=0.4).fit((X, y))
+    la = Laplace(m, "categorical", subset=subset, structure=structure, prior_precision=0.4).fit((X, y))
+    w = Laplace(Wrapped(m), "categorical", subset=subset, structure=structure, prior_precision=0.4).fit((X, y))
     f2, v2 = w.functional_variance(X[:6])
     monkeypatch.setattr(fk.laplace.laplace, "jacobians", None)  # the Sequential path must not need them
     f1, v1 = la.functional_variance(X[:6])

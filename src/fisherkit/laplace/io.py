@@ -29,7 +29,7 @@ def save(la, path) -> None:
         for k, v in ts.items():
             tensors[f"p{i}.{k}"] = v
         tensors[f"p{i}.idx"] = pc.idx
-        pieces.append({"kind": pc.kind, "extra": extra})
+        pieces.append({"kind": pc.kind, "extra": extra, "names": pc.names})
     meta = {"names": la.names, "shapes": [list(s) for s in la.shapes], "likelihood": la.likelihood,
             "subset": la.subset, "structure": la.structure, "kind": la.kind, "sigma": la.sigma,
             "n_data": la.n_data, "n_outputs": la.n_outputs, "loss": float(la.loss),
@@ -64,7 +64,9 @@ def load(path, model):
     for i, d in enumerate(meta["pieces"]):
         pre = f"p{i}."
         ts = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre) and k != pre + "idx"}
-        pieces.append(piece_from_state(d["kind"], tensors[pre + "idx"], ts, d["extra"]))
+        pc = piece_from_state(d["kind"], tensors[pre + "idx"], ts, d["extra"])
+        pc.names = list(d["names"])
+        pieces.append(pc)
     la._pieces = pieces
     la.mean = tensors["mean"]
     la.n_data, la.n_outputs = int(meta["n_data"]), int(meta["n_outputs"])

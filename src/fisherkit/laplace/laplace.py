@@ -15,9 +15,10 @@ from torch import nn
 
 from ..likelihoods import Gaussian, get_likelihood
 from .errors import LaplaceError, NotFittedError
-from .model_utils import (batch_len, call_model, feature_function, find_last_layer, forward_with, iterate_data,
-                          jacobians, last_layer_params, slice_inputs, trainable_names)
-from .posterior import EigenKronPiece, DiagPiece, LayerLayout, check_piece_sizes, pieces_from_curvature
+from .linearized import chain_terms, flatten_chain, piece_fvar
+from .model_utils import (batch_len, call_model, forward_with, iterate_data, jacobians, last_layer_params, slice_inputs,
+                          trainable_names)
+from .posterior import check_piece_sizes, pieces_from_curvature
 from .predictive import link, monte_carlo, probit
 from .prior import as_prior_tensor, expand_prior, prior_from_dict
 
@@ -286,49 +287,34 @@ class Laplace:
         per_row = max(1, n_out * self.n_params * torch.finfo(self.dtype).bits // 8 * 3)
         return max(1, int(self.max_memory // per_row))
 
-    @torch.no_grad()
-    def _last_layer_fvar(self, X, p, s):
-        if not isinstance(X, torch.Tensor):
-            return None
-        name, layer = find_last_layer(self.model)
-        feats = feature_function(self.model, layer)
-        if feats is None:
-            return None
-        phi = feats(X)
-        f = layer(phi)
-        if layer.bias is not None:
-            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], 1)
-        pc = self._pieces[0]
-        layout = LayerLayout(layer.out_features, phi.shape[1], layer.bias is not None)
-        pb = p[pc.idx]
-        if len(self._pieces) == 1 and isinstance(pc, EigenKronPiece):
-            return f, pc.fvar_features(phi, pb, s)
-        if len(self._pieces) == 1 and isinstance(pc, DiagPiece):
-            d = layout.to_matrix(s * pc.h + pb)  # [O, I]
-            return f, torch.diag_embed((phi**2) @ (1.0 / d).T)
-        # small layers, other structures: the explicit Jacobian I_O ⊗ φ̃ᵀ in flat order
-        eye = torch.eye(layer.out_features, dtype=phi.dtype, device=phi.device)
-        J = layout.from_matrix(eye[None, :, :, None] * phi[:, None, None, :])
-        return f, sum(pc.fvar(J[..., pc.idx], p[pc.idx], s) for pc in self._pieces)
-
     def functional_variance(self, X, prior_precision=None, sigma=None):
-        """f̂ = f(X; θ̂) [B, C] and the linearised output covariance J Λ⁻¹ Jᵀ [B, C, C]."""
+        """f̂ = f(X; θ̂) [B, C] and the linearised output covariance J Λ⁻¹ Jᵀ [B, C, C].
+
+        Linear layers of an ``nn.Sequential`` get J's rank-one structure (no per-sample Jacobians;
+        see ``fisherkit.laplace.linearized``); everything else torch.func Jacobians, in chunks.
+        """
         self._need_fit()
         p, s = self._p(prior_precision), self._s(sigma)
         n = batch_len(X)
-        fs, vs = [], []
+        numels = dict(zip(self.names, self.numels))
+        chain = flatten_chain(self.model) is not None and isinstance(X, torch.Tensor)
         step = self.batch_size or n
-        if self.subset != "last_layer" or feature_function(self.model, find_last_layer(self.model)[1]) is None:
+        if not chain:
             step = min(step, self._chunk(max(self.n_outputs, 1)))
+        fs, vs = [], []
         for lo in range(0, n, step):
             x = slice_inputs(X, lo, lo + step)
-            res = self._last_layer_fvar(x, p, s) if self.subset == "last_layer" else None
-            if res is None:
+            terms = chain_terms(self.model, self.names, x) if chain else None
+            if terms is not None:
+                f, parts = terms
+                with torch.no_grad():
+                    v = sum(piece_fvar(pc, numels, parts, p[pc.idx], s) for pc in self._pieces)
+            else:
                 f, J = jacobians(self.model, self.names, x)
                 with torch.no_grad():
-                    res = (f, sum(pc.fvar(J[..., pc.idx], p[pc.idx], s) for pc in self._pieces))
-            fs.append(res[0].detach())
-            vs.append(res[1].detach())
+                    v = sum(pc.fvar(J[..., pc.idx], p[pc.idx], s) for pc in self._pieces)
+            fs.append(f.detach())
+            vs.append(v.detach())
         return torch.cat(fs), torch.cat(vs)
 
     def predictive(self, X, method: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None):

@@ -40,6 +40,7 @@ class Piece:
 
     def __init__(self, idx: torch.Tensor):
         self.idx = idx
+        self.names: list[str] = []  # the parameter tensors the piece covers, in its flat order
 
     @property
     def size(self) -> int:
@@ -343,7 +344,9 @@ def pieces_from_curvature(F) -> list[Piece]:
     if F.structure == "lowrank":
         vals, vecs = F.eig(F.rank)
         idx = torch.arange(info.size, device=vecs.device)
-        return [LowRankPiece(idx, vecs, n * vals)]
+        pc = LowRankPiece(idx, vecs, n * vals)
+        pc.names = list(info.names)
+        return [pc]
     if F.structure == "implicit" or not hasattr(F, "blocks"):
         raise LaplaceError(
             f"structure {F.structure!r} has no factorisation a Laplace posterior can use; "
@@ -369,6 +372,7 @@ def pieces_from_curvature(F) -> list[Piece]:
             pieces.append(DensePiece(idx, n * b.to_dense()))
         else:
             raise LaplaceError(f"cannot build a Laplace posterior from a {kind!r} block of {b.size} parameters")
+        pieces[-1].names = list(b.names)
     for pc in pieces:
         pc.idx = pc.idx.to(_device_of(pc))
     return pieces
