@@ -6,6 +6,7 @@ Jacobian of the model output and Λₙ the Fisher of the likelihood in output sp
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -17,7 +18,8 @@ from .curvature.implicit import Implicit
 from .curvature.lowrank import LowRank
 from . import distributed as _dist
 from .distributed import all_reduce_sums
-from .engine.collect import batch_source, check_batchnorm, gather, settled_plan
+from .engine.adapters import DEFAULT, batch_len, make_adapter
+from .engine.collect import batch_source, buffers_kept, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
 from .choices import check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
@@ -51,6 +53,10 @@ def fisher(
     max_memory: float = 2**30,
     allow_batchnorm_train: bool = False,
     process_group=None,
+    output=None,
+    shift_labels: bool = False,
+    ignore_index: int | None = -100,
+    per_token: bool = False,
 ):
     """Fisher information matrix of ``model`` over ``data``, in the requested structure.
 
@@ -61,10 +67,21 @@ def fisher(
 
     Args:
         data: a DataLoader, an ``(X, y)`` pair (split into ``batch_size`` rows) or an iterable
-            of ``(X, y)`` batches. Labels are only needed for ``kind="empirical"``.
+            of ``(X, y)`` batches; inputs may be tensors, tuples or dicts (HF ``BatchEncoding``, labels
+            under ``"labels"``). Labels are needed for ``kind="empirical"`` and to leave out positions
+            labelled ``ignore_index``.
         structure: ``"dense" | "diag" | "block" | "kfac" | "ekfac" | "lowrank" | "implicit"``.
         rank: number of eigenpairs kept by ``"lowrank"``.
         max_memory: bytes a single allocation may take (per-sample gradients are chunked to it).
+        output: where the logits are in the model's output (default: the tensor itself, ``"logits"``
+            of a mapping / HF ``ModelOutput``, or the first element of a tuple); a key, an index or a
+            callable.
+        shift_labels: the causal-LM convention (logits at position t predict label t + 1).
+        ignore_index: label value of positions left out of every kind (−100 as in PyTorch / HF).
+        per_token: normalise by the number of counted output positions instead of the number of
+            samples. The default (per sample, e.g. per sequence) keeps N·F the Fisher of the whole
+            data set, which EWC, Laplace and merging need; per token gives the average Fisher of
+            one token, comparable across sequence lengths.
 
     Returns a ``Curvature``; e.g. ``fk.fisher(net, (X, y), structure="kfac").solve(g, 1e-3)``.
     """
@@ -74,6 +91,7 @@ def fisher(
     if structure == "lowrank":
         check_every("rank", rank)
     check_positive("max_memory", max_memory)
+    adapter = make_adapter(output, shift_labels, ignore_index)
     check_batchnorm(model, allow_batchnorm_train)
     chosen = select_params(model, params)
     # FISHERKIT_FORCE_FUNC=1: a benchmark knob (benchmarks/bench_fisher.py) that sends every parameter
@@ -88,7 +106,8 @@ def fisher(
     gen = _dist.rank_generator(_seeded_generator(generator, device), process_group) if kind == "mc" else generator
 
     if structure == "implicit" or (structure == "lowrank" and not dense_fits(info, dtype, max_memory)):
-        imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group)
+        imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group,
+                        adapter, per_token)
         if structure == "implicit":
             return imp
         vals, vecs = imp.eig(min(rank, info.size))  # too large for a dense Gram: Lanczos
@@ -98,21 +117,23 @@ def fisher(
     ops = _dist.linalg_ops(process_group)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     state = gen.get_state() if gen is not None else None
-    batches, first = _read(model, data, batch_size, process_group, what)
-    plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called exactly once -> torch.func
-    acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device, {"rank": rank}))
-    for p in range(acc.passes):
-        if p > 0:
-            acc.next_pass(ops)
-            if gen is not None:  # the refit pass sees the same sampled labels
-                gen.set_state(state)
-            batches, _ = _read(model, data, batch_size, process_group, what)
-        stats = gather(model, batches, lik, kind, plan, mc_samples=mc_samples, generator=gen, max_memory=max_memory,
-                       progress=progress, description=f"Fisher ({structure}{', refit' if p else ''})",
-                       need_func=acc.needs_func[p], total=total)
-        for bs in _dist.local_batches(stats, process_group, what):
-            acc.add(bs)
-        acc.load_sums(*all_reduce_sums(acc.sums(), acc.n, process_group, what, device))
+    with buffers_kept(model):  # BatchNorm in training mode (allowed) must not move its running statistics
+        batches, first = _read(model, data, batch_size, process_group, what)
+        plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called once -> torch.func
+        acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device, {"rank": rank}))
+        for p in range(acc.passes):
+            if p > 0:
+                acc.next_pass(ops)
+                if gen is not None:  # the refit pass sees the same sampled labels
+                    gen.set_state(state)
+                batches, _ = _read(model, data, batch_size, process_group, what)
+            stats = gather(model, batches, lik, kind, plan, mc_samples=mc_samples, generator=gen,
+                           max_memory=max_memory, progress=progress,
+                           description=f"Fisher ({structure}{', refit' if p else ''})",
+                           need_func=acc.needs_func[p], total=total, adapter=adapter, per_token=per_token)
+            for bs in _dist.local_batches(stats, process_group, what):
+                acc.add(bs)
+            acc.load_sums(*all_reduce_sums(acc.sums(), acc.n, process_group, what, device))
     return acc.finish(ops)
 
 
@@ -136,19 +157,21 @@ def _read(model, data, batch_size, process_group, what):
         raise
 
 
-def _weight_fn(lik, kind, y, mc_samples, gen):
+def _weight_fn(lik, kind, y, mc_samples, gen, mask=None):
     def weight(f, u):
         if kind == "exact":
             s = lik.sqrt_fisher(f)
-            return (s @ (s.transpose(-1, -2) @ u.unsqueeze(-1))).squeeze(-1)
-        v = directions(lik, f, y, kind, mc_samples, gen)
+            w = (s @ (s.transpose(-1, -2) @ u.unsqueeze(-1))).squeeze(-1)
+            return w if mask is None else w * mask.unsqueeze(-1).to(w.dtype)
+        v = directions(lik, f, y, kind, mc_samples, gen, mask=mask)
         dims = tuple(range(2, v.dim()))
         return (v * (v * u.unsqueeze(0)).sum(dim=dims, keepdim=True)).sum(0)
 
     return weight
 
 
-def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size, process_group=None):
+def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size, process_group=None,
+              adapter=DEFAULT, per_token=False):
     device, dtype = model_device_dtype(model)
     gen = None
     if kind == "mc":
@@ -160,8 +183,12 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
     for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group, what):
         if kind == "empirical" and y is None:
             raise FisherkitError(f"kind='empirical' needs labels, but batch {i} has none")
+        y = adapter.labels(y)
+        mask = adapter.mask(y, lik.name)
+        if mask is not None:
+            y = y.masked_fill(~mask, 0)
         try:
-            f, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen))
+            f, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen, mask), adapter)
             flat = torch.cat([g[k].reshape(-1) for k in info.names])
             if not bool(torch.isfinite(flat).all()):
                 raise _nonfinite_batch(i, x, f, what)
@@ -173,7 +200,7 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
                 _dist.announce_failure(err, process_group, what)
             raise err from (None if err is e else e)
         total = flat if total is None else total + flat
-        n += x.shape[0]
+        n += _count(x, y, f, mask, per_token)
     if _dist.world_size(process_group) == 1:
         return total / n, n
     sums = {"fv": total} if total is not None else {}
@@ -197,7 +224,14 @@ def _nonfinite_batch(i, x, f, what) -> NonFiniteError:
                           "(e.g. torch.nan_to_num, or scale the inputs) and try again")
 
 
-def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None):
+def _count(x, y, f, mask, per_token):
+    if not per_token:
+        return batch_len(x)
+    return int(mask.sum()) if mask is not None else int(math.prod(f.shape[:-1]))
+
+
+def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None,
+              adapter=DEFAULT, per_token=False):
     seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()) if gen is not None else 0
     n = 0
     for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group,
@@ -205,10 +239,16 @@ def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, 
         if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
                for t in ([x] if isinstance(x, torch.Tensor) else x.values() if isinstance(x, dict) else x)):
             raise _nonfinite_batch(i, x, None, "implicit Fisher")
-        n += x.shape[0]
+        if per_token:  # counted positions need the output's shape: one forward without gradients
+            yy = adapter.labels(y)
+            with torch.no_grad():
+                n += _count(x, yy, adapter.forward(model, x), adapter.mask(yy, lik.name), True)
+        else:
+            n += batch_len(x)
 
     def product(v):
-        return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
+        return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group,
+                         adapter, per_token)[0]
 
     if process_group is not None or torch.distributed.is_available() and torch.distributed.is_initialized():
         n = all_reduce_sums({}, n, process_group, "implicit Fisher")[1]
@@ -216,7 +256,8 @@ def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, 
 
 
 def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, generator=None, params=None,
-        batch_size=None, process_group=None) -> torch.Tensor:
+        batch_size=None, process_group=None, output=None, shift_labels=False, ignore_index=-100,
+        per_token=False) -> torch.Tensor:
     """Matrix-free Fisher-vector product F v = (1/N) Σₙ Jₙᵀ Λₙ (Jₙ v) (a JVP, then a VJP, per batch).
 
     ``v`` is a flat vector over the chosen parameters (or a dict name → tensor).
@@ -239,15 +280,19 @@ def fvp(model, data, v, likelihood="categorical", kind="exact", mc_samples=1, ge
     if kind == "mc":
         g = _seeded_generator(generator, device)
         seed = _dist.rank_seed(int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item()), process_group)
-    return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group)[0]
+    adapter = make_adapter(output, shift_labels, ignore_index)
+    return _fvp_flat(model, data, v, lik, kind, mc_samples, seed, info, batch_size, process_group, adapter,
+                     per_token)[0]
 
 
-def kl_divergence(model, theta_a, theta_b, data, likelihood="categorical", params=None, batch_size=None) -> torch.Tensor:
+def kl_divergence(model, theta_a, theta_b, data, likelihood="categorical", params=None, batch_size=None,
+                  output=None) -> torch.Tensor:
     """Mean over the data of KL[p(y|x, θa) ‖ p(y|x, θb)]; for θb = θa + d it is ≈ ½ dᵀ F d.
 
     ``theta_a`` / ``theta_b`` are flat vectors over the chosen parameters, or dicts name → tensor.
     """
     lik = get_likelihood(likelihood)
+    adapter = make_adapter(output)
     info = make_plan(model, select_params(model, params), use_hooks=False).info
     device, dtype = model_device_dtype(model)
 
@@ -262,9 +307,9 @@ def kl_divergence(model, theta_a, theta_b, data, likelihood="categorical", param
     total, n = 0.0, 0
     with torch.no_grad():
         for _, x, _ in iterate_batches(data, batch_size, device, dtype):
-            fa, fb = output_with_params(model, ta, x), output_with_params(model, tb, x)
+            fa, fb = output_with_params(model, ta, x, adapter), output_with_params(model, tb, x, adapter)
             total = total + lik.kl(fa, fb).sum()
-            n += x.shape[0]
+            n += batch_len(x)
     return total / n
 
 

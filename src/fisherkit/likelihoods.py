@@ -91,6 +91,11 @@ class Categorical(Likelihood):
 
     def check(self, f, y=None, batch=None):
         super().check(f, y, batch)
+        if f.shape[-1] < 2:
+            raise ShapeError(
+                f"categorical likelihood needs at least 2 logits per sample; the model outputs shape {tuple(f.shape)} "
+                "(its Fisher would be 0: for one logit per sample use likelihood='bernoulli')"
+            )
         if y is None:
             return
         where = f" in batch {batch}" if batch is not None else ""

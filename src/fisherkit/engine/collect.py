@@ -7,6 +7,9 @@ parameter the per-sample gradients ``[D, B, *shape]``. ``engine.accumulate`` tur
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +17,7 @@ from torch import nn
 
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import Likelihood
+from .adapters import DEFAULT, Adapter, batch_len
 from .data import iterate_batches, model_device_dtype
 from .directions import directions
 from .functional import persample_grads
@@ -30,6 +34,7 @@ class BatchStats:
 
 
 def check_batchnorm(model: nn.Module, allow_batchnorm_train: bool) -> None:
+    """Refuse modules whose training mode makes a Fisher ill-defined or irreproducible."""
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and not allow_batchnorm_train:
             raise FisherkitError(
@@ -37,6 +42,26 @@ def check_batchnorm(model: nn.Module, allow_batchnorm_train: bool) -> None:
                 "(each sample's output depends on the whole batch). Call model.eval() first, or pass "
                 "allow_batchnorm_train=True for the batch-level approximation."
             )
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise FisherkitError(
+                f"Dropout layer {name!r} is in training mode: every forward draws a new mask, so kind='mc' differs "
+                "under the same seed and the implicit operator is not symmetric (conjugate gradients and Lanczos "
+                "break). Call model.eval() first: the Fisher of the deterministic network."
+            )
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module):
+    """Inside, the model's buffers may change (BatchNorm running statistics in training mode); they are
+    restored on exit, so computing a Fisher never changes the model."""
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved:
+                    b.copy_(saved[n])
 
 
 class _BatchNormEval:
@@ -124,15 +149,25 @@ def gather(
     description: str = "Fisher",
     need_func: bool = True,
     total: int | None = None,
+    adapter: Adapter = DEFAULT,
+    per_token: bool = False,
 ):
-    """Yield one ``BatchStats`` per batch of ``batches`` (from ``batch_source``), for a settled ``plan``."""
+    """Yield one ``BatchStats`` per batch of ``batches`` (from ``batch_source``), for a settled ``plan``.
+
+    ``BatchStats.n`` counts the batch's samples (rows), or with ``per_token`` its counted output
+    positions (tokens not labelled ``ignore_index``).
+    """
     for i, x, y in _progress(batches, total, progress, description):
-        out, inputs, zs = capture_forward(model, x, plan)
+        out, inputs, zs = capture_forward(model, x, plan, adapter)
         units = plan.hook_units
-        if not isinstance(out, torch.Tensor):
-            raise FisherkitError(f"the model returned a {type(out).__name__}; fisherkit needs a tensor of outputs")
-        lik.check(out, y if kind == "empirical" else None, i)
-        v = directions(lik, out, y, kind, mc_samples, generator, i)
+        y = adapter.labels(y)
+        mask = adapter.mask(y, lik.name)
+        y_ok = y if mask is None else y.masked_fill(~mask, 0)  # ignored positions: any valid label, zeroed below
+        lik.check(out, y_ok if kind == "empirical" or mask is not None else None, i)
+        v = directions(lik, out, y_ok, kind, mc_samples, generator, i, mask=mask)
+        count = batch_len(x)
+        if per_token:
+            count = int(mask.sum()) if mask is not None else int(math.prod(out.shape[:-1]))
         acts = [unit_activations(u, a) for u, a in zip(units, inputs)]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.
@@ -141,7 +176,7 @@ def gather(
         chunk = max(1, min(d_total, int(max_memory // max(1, per_direction))))
         for c0 in range(0, d_total, chunk):
             vc = v[c0 : c0 + chunk]
-            stats = BatchStats(i, x.shape[0] if c0 == 0 else 0, first=c0 == 0)
+            stats = BatchStats(i, count if c0 == 0 else 0, first=c0 == 0)
             if units:
                 gzs = output_grads(out, zs, vc, retain=c0 + chunk < d_total)
                 for u, a, z, gz in zip(units, acts, zs, gzs):
@@ -153,7 +188,7 @@ def gather(
                     stats.hook.append((u, a, g))
             if plan.func_names and need_func:
                 with _BatchNormEval(model):
-                    grads = persample_grads(model, plan.func_names, x, vc, max_memory)
+                    grads = persample_grads(model, plan.func_names, x, vc, max_memory, adapter)
                 for n, g in grads.items():
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")

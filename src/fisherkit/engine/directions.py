@@ -39,9 +39,20 @@ def directions(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     batch: int | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Backward directions ``[D, B, *E, C]`` for one batch (detached)."""
-    f = f.detach()
+    """Backward directions ``[D, B, *E, C]`` for one batch (detached).
+
+    ``mask`` ``[B, *E]`` (True = counted): directions at other positions are zero, so those
+    positions (labels ``ignore_index``) are left out of every kind.
+    """
+    v = _directions(lik, f.detach(), y, kind, mc_samples, generator, batch)
+    if mask is not None:
+        v = v * mask.unsqueeze(0).unsqueeze(-1).to(v.dtype)
+    return v
+
+
+def _directions(lik, f, y, kind, mc_samples, generator, batch):
     if kind == "exact":
         return exact_directions(lik, f)
     if kind == "mc":

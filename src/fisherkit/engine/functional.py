@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 
 @contextlib.contextmanager
@@ -41,20 +41,25 @@ def _state(model: torch.nn.Module):
 def persample_grads(
     model: torch.nn.Module,
     names: list[str],
-    x: torch.Tensor,
+    x,
     v: torch.Tensor,
     max_memory: float = 2**30,
+    adapter=None,
 ) -> dict[str, torch.Tensor]:
     """Per-sample, per-direction gradients of the parameters ``names``: name → ``[D, B, *shape]``.
 
     ``v`` has shape ``[D, B, *out]``; the result for sample n, direction d is ∂(f(xₙ)·v[d, n])/∂θ.
+    ``x`` is a tensor, a tuple or a mapping of tensors (``engine.adapters``), each with B rows.
     """
+    from .adapters import DEFAULT, map_inputs, slice_inputs
+
+    adapter = adapter or DEFAULT
     params, buffers = _state(model)
     train = {n: params[n] for n in names}
     fixed = {n: p for n, p in params.items() if n not in train}
 
     def f_single(p, xb):
-        out = functional_call(model, ({**fixed, **p}, buffers), (xb.unsqueeze(0),))
+        out = adapter.functional(model, ({**fixed, **p}, buffers), map_inputs(xb, lambda t: t.unsqueeze(0)))
         return out.squeeze(0)
 
     def one_sample(xb, vb):
@@ -69,7 +74,7 @@ def persample_grads(
     pieces = []
     with no_fused_attention():
         for s in range(0, b, chunk):
-            pieces.append(per(x[s : s + chunk], v[:, s : s + chunk]))
+            pieces.append(per(slice_inputs(x, slice(s, s + chunk)), v[:, s : s + chunk]))
     out = {}
     for n in names:
         g = torch.cat([p[n] for p in pieces], 0) if len(pieces) > 1 else pieces[0][n]
@@ -77,7 +82,7 @@ def persample_grads(
     return out
 
 
-def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[str, torch.Tensor], weight_fn):
+def jvp_vjp(model: torch.nn.Module, names: list[str], x, v: dict[str, torch.Tensor], weight_fn, adapter=None):
     """Jᵀ W(J v) for a batch: J = ∂f/∂θ for the parameters ``names``; ``weight_fn(f, Jv)`` gives W(Jv).
 
     Returns (output f, dict name → tensor). Costs one forward pass with its JVP, and one backward:
@@ -87,8 +92,10 @@ def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[s
     train = {n: params[n].requires_grad_() for n in names}  # detached copies: the model is untouched
     fixed = {n: p for n, p in params.items() if n not in train}
 
+    from .adapters import DEFAULT
+
     def f(p):
-        return functional_call(model, ({**fixed, **p}, buffers), (x,))
+        return (adapter or DEFAULT).functional(model, ({**fixed, **p}, buffers), x)
 
     with no_fused_attention(), torch.enable_grad():
         out, jv = jvp(f, (train,), (v,))
@@ -98,8 +105,10 @@ def jvp_vjp(model: torch.nn.Module, names: list[str], x: torch.Tensor, v: dict[s
     return out.detach(), g
 
 
-def output_with_params(model: torch.nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Model output with some parameters replaced by ``theta`` (others as they are)."""
+def output_with_params(model: torch.nn.Module, theta: dict[str, torch.Tensor], x, adapter=None) -> torch.Tensor:
+    """Model logits with some parameters replaced by ``theta`` (others as they are)."""
+    from .adapters import DEFAULT
+
     params, buffers = _state(model)
     params.update(theta)
-    return functional_call(model, (params, buffers), (x,))
+    return (adapter or DEFAULT).functional(model, (params, buffers), x)

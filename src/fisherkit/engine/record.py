@@ -52,12 +52,7 @@ def check_output(lik, f: torch.Tensor) -> None:
         raise FisherkitError(f"the model returned a {type(f).__name__}; NaturalGradient needs a tensor of outputs")
     if not f.dtype.is_floating_point:
         raise ShapeError(f"the model output has dtype {f.dtype}; the {lik.name} likelihood needs floating outputs")
-    lik.check(f.detach())
-    if lik.name == "categorical" and f.shape[-1] < 2:
-        raise ShapeError(
-            f"categorical likelihood needs at least 2 logits per sample; the model outputs shape {tuple(f.shape)} "
-            "(for one logit per sample use likelihood='bernoulli')"
-        )
+    lik.check(f.detach())  # includes the categorical likelihood's "at least 2 logits"
 
 
 class Recorder:

@@ -137,19 +137,18 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     """
     if not plan.hook_units or x is None:
         return plan
-    from torch.func import functional_call
-
+    from .adapters import as_call_args, slice_inputs
     from .functional import no_fused_attention
 
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    probe = x[: min(8, x.shape[0])] if isinstance(x, torch.Tensor) else x
+    args, kwargs = as_call_args(slice_inputs(x, slice(0, 8)))
     with Capture(plan.hook_units) as cap, torch.no_grad(), no_fused_attention():
-        functional_call(model, (params, buffers), (probe,))
+        torch.func.functional_call(model, (params, buffers), args, kwargs)
     return plan.without(cap.misfired())
 
 
-def capture_forward(model: nn.Module, x: torch.Tensor, plan: Plan):
+def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
     """One forward pass with hooks on the plan's (settled) units.
 
     Returns ``(output, inputs, outputs)``, the last two aligned with ``plan.hook_units``; a unit
@@ -158,8 +157,10 @@ def capture_forward(model: nn.Module, x: torch.Tensor, plan: Plan):
     from .functional import no_fused_attention
 
     units = plan.hook_units
+    from .adapters import DEFAULT
+
     with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
-        out = model(x)
+        out = (adapter or DEFAULT).forward(model, x)
     bad = cap.misfired()
     if bad:
         j = next(k for k, u in enumerate(units) if u is bad[0])
