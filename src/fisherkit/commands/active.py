@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
                                            epochs=epochs).items() if v is not None}
         torch.set_num_threads(1)
         jobs = [("csv", str(csv))] if csv is not None else [(d.strip(), None) for d in dataset.split(",") if d.strip()]
+        from ._paths import check_output
+
+        check_output(out, "--out", folder=True)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
         for name, path in jobs:

@@ -90,7 +90,12 @@ def register(app: typer.Typer) -> None:
         from ..studies import continual_plots as plots
         from ..continual.streams import make_stream
 
+        if n_tasks is not None and n_tasks < 1:
+            raise FisherkitError(f"--n-tasks must be ≥ 1 (leave it out for the stream's default); got {n_tasks}")
         make_stream(stream, n_tasks)  # a bad stream / task count fails before any training
+        from ._paths import check_output
+
+        check_output(out, "--out", folder=True)
         if epochs is not None and epochs < 1:
             raise FisherkitError(f"--epochs must be ≥ 1; got {epochs}")
         strengths = _strengths(strength)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import FisherkitError
+from ._paths import check_output, make_parent
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +43,8 @@ def register(app: typer.Typer) -> None:
             raise FisherkitError(f"--hidden must be between 1 and 256 (dense Fisher size); got {hidden}")
         if top < 1 or epochs < 0:
             raise FisherkitError("--top must be >= 1 and --epochs >= 0")
+        check_output(plot, "--plot")
+        check_output(json_out, "--json")
         res = digits_study(hidden=hidden, epochs=epochs, seed=seed, kind=kind, top=top, progress=progress)
         con = Console()
         con.print(f"digits MLP 64-{hidden}-10: {res['parameters']} parameters, N = {res['samples']}, "
@@ -54,8 +57,7 @@ def register(app: typer.Typer) -> None:
             t.add_row(s, f"{e:.4f}")
         con.print(t)
         if plot is not None:
-            plot.parent.mkdir(parents=True, exist_ok=True)
-            plot_spectrum(res).savefig(plot, dpi=110)
+            plot_spectrum(res).savefig(make_parent(plot), dpi=110)
             con.print(f"spectrum plot written to {plot}")
         if json_out is not None:
-            json_out.write_text(json.dumps({k: v for k, v in res.items()}, indent=1))
+            make_parent(json_out).write_text(json.dumps({k: v for k, v in res.items()}, indent=1))

@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
             raise FisherkitError(f"unknown variant(s) {bad or variants!r}; choose from {', '.join(ex.VARIANTS)}")
         if seeds < 1 or ft_epochs < 1:
             raise FisherkitError(f"--seeds and --ft-epochs must be ≥ 1; got {seeds} and {ft_epochs}")
+        from ._paths import check_output
+
+        check_output(out, "--out", folder=True)
         torch.set_num_threads(1)
         res = ex.run(seeds=tuple(range(1 if quick else seeds)), variants=tuple(names), ft_epochs=ft_epochs)
         typer.echo(ex.format_table(res))

@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
             raise FisherkitError(f"--seeds must be ≥ 1; got {seeds}")
         if epochs is not None and epochs < 1:
             raise FisherkitError(f"--epochs must be ≥ 1; got {epochs}")
+        from ._paths import check_output
+
+        check_output(out, "--out", folder=True)  # before the computation: a bad --out must not lose the run
         res = ex.run_comparison(quick=quick, seed=seed, seeds=seeds, epochs=epochs, problems=tuple(ps),
                                 methods=tuple(ms), progress=not no_progress)
         table = ex.format_table(res)

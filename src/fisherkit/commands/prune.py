@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
             raise FisherkitError(f"--sparsities must lie in [0, 1); got {sparsities!r}")
         if seeds < 1 or finetune_epochs < 0:
             raise FisherkitError(f"--seeds must be ≥ 1 and --finetune-epochs ≥ 0; got {seeds}, {finetune_epochs}")
+        from ._paths import check_output
+
+        check_output(out, "--out", folder=True)
         torch.set_num_threads(1)
         res = ex.run(arch, seeds=tuple(range(1 if quick else seeds)), sparsities=tuple(sp), methods=tuple(names),
                      finetune_epochs=finetune_epochs)

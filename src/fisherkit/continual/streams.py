@@ -172,9 +172,9 @@ def SplitDigits(scenario: str = "task", n_tasks: int = 5, seed: int = 0, dtype=t
 def make_stream(name: str, n_tasks: int | None = None, seed: int = 0, dtype=torch.float32) -> Stream:
     """By name: ``permuted``, ``rotated``, ``split-task``, ``split-domain``, ``split-class``."""
     if name == "permuted":
-        return PermutedDigits(n_tasks or 10, seed=seed, dtype=dtype)
+        return PermutedDigits(10 if n_tasks is None else n_tasks, seed=seed, dtype=dtype)
     if name == "rotated":
-        return RotatedDigits(n_tasks or 5, seed=seed, dtype=dtype)
+        return RotatedDigits(5 if n_tasks is None else n_tasks, seed=seed, dtype=dtype)
     if name.startswith("split-") and name[6:] in SCENARIOS:
-        return SplitDigits(name[6:], n_tasks or 5, seed=seed, dtype=dtype)
+        return SplitDigits(name[6:], 5 if n_tasks is None else n_tasks, seed=seed, dtype=dtype)
     raise FisherkitError(f"unknown stream {name!r}; use permuted, rotated, split-task, split-domain or split-class")

@@ -35,17 +35,42 @@ def mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
                          nn.Linear(hidden, n_out))
 
 
+def _label_key(text: str):
+    """A class label as a person means it: "0", "0.0" and " 0 " are one class (numbers compare as
+    numbers; integral ones print as integers), other text is kept as written."""
+    t = text.strip()
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    return int(v) if v.is_integer() else v
+
+
 def _read_csv(path: str, label: str | None):
+    """Features and labels of a CSV with a header: comma-, semicolon- or tab-separated (sniffed from
+    the header), UTF-8 text; labels "0" and "0.0" are one class."""
     import csv
 
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise FisherkitError(f"{path!r} is not a text CSV (not UTF-8: a binary or spreadsheet file?); "
+                             "export it as CSV (UTF-8) first") from None
     except OSError as e:
         raise FisherkitError(f"cannot read CSV {path!r}: {e.strerror}") from None
+    if "\x00" in text:
+        raise FisherkitError(f"{path!r} is not a text CSV (it contains NUL bytes: a binary file?)")
+    first = text.splitlines()[0] if text.strip() else ""
+    counts = {d: first.count(d) for d in (",", ";", "\t")}
+    delim = max(counts, key=counts.get) if max(counts.values()) > 0 else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delim))
     if len(rows) < 3:
         raise FisherkitError(f"CSV {path!r} needs a header and at least two data rows")
-    header, body = rows[0], [r for r in rows[1:] if r]
+    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    if len(header) < 2:
+        raise FisherkitError(f"CSV {path!r} has one column ({header[0]!r}); it needs feature columns and a label "
+                             "column separated by commas, semicolons or tabs")
     col = len(header) - 1 if label is None else (header.index(label) if label in header else None)
     if col is None:
         raise FisherkitError(f"CSV {path!r} has no column {label!r}; columns are {header}")
@@ -53,20 +78,32 @@ def _read_csv(path: str, label: str | None):
     for i, r in enumerate(body, start=2):
         if len(r) != len(header):
             raise FisherkitError(f"CSV {path!r} line {i} has {len(r)} fields, the header has {len(header)}")
-        ys.append(r[col].strip())
+        ys.append(_label_key(r[col]))
         try:
             xs.append([float(v) if v.strip() != "" else float("nan") for j, v in enumerate(r) if j != col])
         except ValueError:
-            raise FisherkitError(f"CSV {path!r} line {i}: feature values must be numbers") from None
+            bad = next(v for j, v in enumerate(r) if j != col and v.strip() != "" and not _is_number(v))
+            hint = (" (a decimal comma? write 1.5, not 1,5)" if delim == ";" and _is_number(bad.replace(",", ".", 1))
+                    else "")
+            raise FisherkitError(f"CSV {path!r} line {i}: feature value {bad!r} is not a number{hint}") from None
     X = np.asarray(xs, dtype=np.float64)
     if not np.isfinite(X).all():
         bad = int(np.nonzero(~np.isfinite(X).all(1))[0][0]) + 2
         raise FisherkitError(f"CSV {path!r} has missing or NaN features (first at line {bad}); impute or drop them")
-    classes = sorted(set(ys))
+    classes = sorted(set(ys), key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
     if len(classes) < 2:
         raise FisherkitError(f"CSV {path!r}: the label column needs at least 2 classes; found {classes}")
-    y = np.asarray([classes.index(v) for v in ys], dtype=np.int64)
+    index = {v: k for k, v in enumerate(classes)}
+    y = np.asarray([index[v] for v in ys], dtype=np.int64)
     return X, y, len(classes)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def prepare(dataset: str = "digits", csv: str | None = None, label: str | None = None, seed: int = 0):
