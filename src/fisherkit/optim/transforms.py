@@ -3,9 +3,11 @@ applies them (optax-style: each is a pure function with a one-step closed form):
 
     g ← g + η θ                         ``weight_decay``   (L2, before preconditioning)
     n = (F̂ + λI)⁻¹ g                    ``Preconditioner.compute``
+    n ← n · ‖a‖/‖n‖ per tensor           ``graft``          (step length of Adam (a = g/(√v̂+ε)) or SGD (a = g))
     b ← μ b + n                          ``momentum``       (heavy ball on the natural gradient)
     Δ = −lr · b                          ``scale``
     Δ ← ν Δ, ν = min(1, √(κ / (½ΔᵀF̂Δ)))  ``kl_clip``        (trust region on the model's quadratic KL)
+    Δ ← ν Δ until KL_batch(θ, θ+Δ) ≤ κ   ``NaturalGradient._clip_measured`` (trust region on the KL moved)
     λ ← LM(λ, ρ)                         ``damping.levenberg_marquardt`` (adaptive damping)
 """
 
@@ -20,6 +22,34 @@ def weight_decay(grads: dict, params: dict, decay: dict) -> dict:
     """g + η θ per parameter (η = ``decay[name]``; parameters without a gradient are left alone)."""
     return {n: (g + decay[n] * params[n] if decay.get(n) and params[n].grad is not None else g)
             for n, g in grads.items()}
+
+
+def graft(nat: dict, grads: dict, second_moment: dict, kind: str | None, step: int, beta2: float = 0.999,
+          eps: float = 1e-8) -> dict:
+    """Layer-wise grafting (Agarwal et al. 2020; as in distributed Shampoo): keep the direction of the
+    natural gradient n, take the length of another optimizer's step, per parameter tensor:
+
+        n ← n · ‖a‖ / ‖n‖,   a = g                        (``kind="sgd"``)
+                             a = g / (√v̂ + ε), v ← β₂ v + (1 − β₂) g², v̂ = v / (1 − β₂ᵗ)   (``kind="adam"``)
+
+    ``second_moment`` (name → v) is updated in place for ``"adam"``; ``step`` is t ≥ 1. A zero n stays zero.
+    """
+    if kind is None:
+        return nat
+    out = {}
+    for n, d in nat.items():
+        g = grads[n]
+        if kind == "adam":
+            v = second_moment.get(n)
+            if v is None:
+                v = second_moment[n] = torch.zeros_like(g)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            a = g / ((v / (1 - beta2 ** step)).sqrt() + eps)
+        else:
+            a = g
+        norm = d.norm()
+        out[n] = d * (a.norm() / norm) if norm > 0 else d
+    return out
 
 
 def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
