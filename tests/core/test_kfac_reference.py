@@ -114,3 +114,28 @@ def test_dropped_one_over_t_would_be_seen(refs):
     a = torch.cat([X, X.new_ones(*X.shape[:2], 1)], -1).reshape(-1, 4)
     assert rel(A, a.T @ a / X.shape[0] / 5) < TOL  # closed form for a first layer: inputs are the data
     assert rel(A * 5, A) > 1
+
+
+def conv_variant(name):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if name == "conv2d_dilation_padding":
+        m, X = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)), (5, 1, 5, 5)
+    elif name == "conv1d_stride_padding":
+        m, X = nn.Sequential(nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)), (5, 2, 8)
+    elif name == "conv1d_dilation_no_bias":
+        m, X = nn.Sequential(nn.Conv1d(2, 3, 3, dilation=2, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)), (5, 2, 8)
+    else:
+        m, X = nn.Sequential(nn.Conv2d(2, 3, 2, stride=2, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)), (5, 2, 4, 4)
+    return m.double().eval(), torch.randn(*X, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["conv2d_dilation_padding", "conv1d_stride_padding", "conv1d_dilation_no_bias",
+                                  "conv2d_stride_no_bias"])
+def test_kfac_conv_geometry_matches_brute_force(name):
+    """Stride, padding, dilation and bias-free convolutions: the unfolded patches of the reference."""
+    m, X = conv_variant(name)
+    ref = brute_kfac(m, X, {"0": m[0], "3": m[3]})
+    got = fk.fisher(m, (X, None), structure="kfac", batch_size=2).factors()
+    for k, (A, G) in ref.items():
+        assert rel(got[k + ".weight"][0], A) < TOL and rel(got[k + ".weight"][1], G) < TOL
