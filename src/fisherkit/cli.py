@@ -22,6 +22,7 @@ from .errors import FisherkitError
 # Subcommand modules, in the order `fisherkit --help` lists them.
 COMMANDS: list[str] = ["stats", "fisher", "demo", "ewc", "ngd", "active", "bench"]
 COMMANDS += ["merge", "prune"]  # fisherkit.commands.merge / .prune (model merging, OBS pruning)
+COMMANDS += ["laplace"]  # fisherkit.commands.laplace (Laplace posteriors, calibration study)
 
 app = typer.Typer(
     name="fisherkit",
