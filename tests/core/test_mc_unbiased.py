@@ -9,7 +9,7 @@ false alarm has probability ≤ 1.5 %, less for correlated entries; the seeds ar
 t_r = ⟨F̂_r, F⟩/‖F‖² (mean 1 when unbiased): |mean(t) − 1| ≤ 5 standard errors. The power of these
 bounds is checked too: a 40 % bias (estimates × 0.6) fails them in every case.
 
-Samplers and KL divergences are checked against closed forms (moments with 5-standard-error bounds;
+The matrix-free fk.fvp(kind="mc") is held to the same bound. Samplers and KL divergences are checked against closed forms (moments with 5-standard-error bounds;
 KL against float64 formulas).
 """
 
@@ -195,3 +195,16 @@ def test_gaussian_and_categorical_kl_closed_form():
     assert torch.allclose(Gaussian(sigma=SIGMA).kl(fa, fb), ((fa - fb) ** 2).sum(-1) / (2 * SIGMA**2), rtol=1e-14)
     p, q = torch.softmax(fa, -1), torch.softmax(fb, -1)
     assert torch.allclose(Categorical().kl(fa, fb), (p * (p / q).log()).sum(-1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lik", list(LIKS))
+@pytest.mark.parametrize("mc", [1, 4])
+def test_mc_fisher_vector_product_is_unbiased(model, refs, lik, mc):
+    """fk.fvp(kind="mc") (the matrix-free path: JVP, sampled output weights, VJP) averages to F v."""
+    m, X = model
+    v = torch.randn(refs[lik]["dense"].shape[0], generator=torch.Generator().manual_seed(9),
+                    dtype=torch.float64)
+    ref = refs[lik]["dense"] @ v
+    est = torch.stack([fk.fvp(m, (X, None), v, likelihood=LIKS[lik], kind="mc", mc_samples=mc, batch_size=5,
+                              generator=torch.Generator().manual_seed(300 + r)) for r in range(R)])
+    assert passes_clt_bound(est, ref) and not passes_clt_bound(0.6 * est, ref)
