@@ -1,6 +1,6 @@
 """The peers (BackPACK, NNGeometry, curvlinops) computing the same quantities as fisherkit, in its convention.
 
-fisherkit's Fisher is the *mean* over N samples. Conventions lined up here (see /work/shared/PEERS.md):
+fisherkit's Fisher is the *mean* over N samples. Conventions lined up here:
 
 * BackPACK with ``CrossEntropyLoss(reduction="sum")``: DiagGGN*/SumGradSquared are batch sums → Σ / N.
   KFLR / KFAC give ``[G, A]`` per weight with A a batch *mean* and G a batch sum; we accumulate

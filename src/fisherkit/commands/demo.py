@@ -2,7 +2,7 @@
 
 Examples::
 
-    fisherkit demo --quick --out report        # about 2 minutes on 2 CPU cores
+    fisherkit demo --quick --out report        # about a minute on 2 CPU cores
     fisherkit demo --only likelihood --only spectrum
     fisherkit demo --seed 1 --no-progress --out full-report
 """
@@ -46,11 +46,11 @@ def register(app: typer.Typer) -> None:
         help="Run the tour of Fisher information and write DIR/index.html (self-contained: plots embedded, "
         "no network), DIR/results.json and the plots as PNG files.\n\n"
         f"Sections: {SECTION_NAMES}.\n\n"
-        "--quick takes about 2 minutes on 2 CPU cores, the full run up to 30 minutes.\n\n"
+        "--quick takes about a minute on 2 CPU cores, the full run up to 30 minutes.\n\n"
         f"Example: {EXAMPLE}",
     )
     def demo(
-        quick: bool = typer.Option(False, "--quick", help="Small settings: ≤ 3 minutes on 2 CPU cores."),
+        quick: bool = typer.Option(False, "--quick", help="Small settings: about a minute on 2 CPU cores."),
         out: Path = typer.Option(Path("fisherkit-report"), "--out", help="Folder for index.html, results.json and PNGs."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random choice (non-negative)."),
         only: Optional[List[str]] = typer.Option(
