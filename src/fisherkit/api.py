@@ -97,7 +97,7 @@ def fisher(
     # FISHERKIT_FORCE_FUNC=1: a benchmark knob (benchmarks/bench_fisher.py) that sends every parameter
     # through the torch.func path, to compare it with the hooks; not part of the API.
     force_func = os.environ.get("FISHERKIT_FORCE_FUNC", "") == "1"
-    plan = make_plan(model, chosen, use_hooks=structure != "implicit" and not force_func)
+    plan = make_plan(model, chosen, use_hooks=structure != "implicit" and not force_func, elementwise=True)
     info = plan.info
     device, dtype = model_device_dtype(model)
     cls = STRUCTURE_CLASSES[structure]

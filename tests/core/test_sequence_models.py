@@ -253,3 +253,60 @@ def test_peft_lora_fisher_is_over_the_adapters():
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-6, atol=1e-6 * float(R.abs().max()))  # float32 rotary
     K = fk.fisher(lora, batch, structure="kfac", shift_labels=True)  # LoRA A/B are Linear: Kronecker factors
     assert len(K.factors()) == len(names)
+
+
+def test_embedding_and_norms_take_the_closed_form_path():
+    """LayerNorm, RMSNorm and Embedding (padding_idx included) get per-sample gradients in closed form
+    (no torch.func), and every structure still equals the brute force where it is exact."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, D, padding_idx=0)
+            self.ln = nn.LayerNorm(D)
+            self.rms = nn.RMSNorm(D, eps=1e-5)
+            self.head = nn.Linear(D, V)
+
+        def forward(self, input_ids, attention_mask=None):
+            return {"logits": self.head(torch.tanh(self.rms(self.ln(self.emb(input_ids)))))}
+
+    torch.manual_seed(1)
+    model = Net().double().eval()
+    batch = _batch()
+    batch["input_ids"][1, :3] = 0  # padding tokens: no gradient for row 0
+    from fisherkit.engine.collect import settled_plan
+    from fisherkit.engine.units import make_plan
+
+    plan = settled_plan(model, make_plan(model, dict(model.named_parameters()), elementwise=True),
+                        (0, {"input_ids": batch["input_ids"]}, None))
+    assert plan.func_names == [] and {u.module_name for u in plan.elem_units} == {"emb", "ln", "rms"}
+    ref = reference(model, batch, "exact")
+    F = fk.fisher(model, batch, structure="dense", shift_labels=True)
+    torch.testing.assert_close(F.to_dense(), ref, rtol=1e-9, atol=1e-12)
+    B = fk.fisher(model, batch, structure="block", shift_labels=True)
+    offsets = dict(zip(B.info.names, B.info.offsets))
+    for blk in B.blocks:  # each block is the brute-force Fisher restricted to that module's parameters
+        idx = torch.cat([torch.arange(offsets[n], offsets[n] + k) for n, k in zip(blk.names, blk.numels)])
+        torch.testing.assert_close(blk.to_dense(), ref[idx][:, idx], rtol=1e-9, atol=1e-12)
+
+
+def test_a_norm_the_handler_does_not_reproduce_falls_back_to_torch_func():
+    class OddRMSNorm(nn.Module):  # named like an RMSNorm, but scales by 2·w: the closed form must not be used
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(D))
+
+        def forward(self, x):
+            return 2 * self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    model = nn.Sequential(nn.Linear(4, D), OddRMSNorm(), nn.Linear(D, 3)).double()
+    X = torch.randn(10, 4, dtype=torch.float64)
+    from fisherkit.engine.collect import settled_plan
+    from fisherkit.engine.units import make_plan
+
+    plan = settled_plan(model, make_plan(model, dict(model.named_parameters()), elementwise=True), (0, X, None))
+    assert plan.func_names == ["1.weight"] and not plan.elem_units
+    from reference import brute_fisher
+
+    torch.testing.assert_close(fk.fisher(model, (X, None), structure="dense").to_dense(),
+                               brute_fisher(model, X), rtol=1e-9, atol=1e-12)

@@ -34,7 +34,7 @@ class BlockAccumulator(Accumulator):
         info = self.info
         self.kron_units = list(plan.hook_units) if self.kron else []
         self._kron_ids = {id(u) for u in self.kron_units}
-        self.groups = ([] if self.kron else [u.names for u in plan.hook_units]) + module_groups(plan.func_names)
+        self.groups = ([] if self.kron else [u.names for u in plan.hook_units]) + module_groups(plan.other_names)
         self.big = [g for g in self.groups if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
         if meta.options.get("fallback") == "diag":  # the optimizer: a diagonal for what is not factored
             self.big = list(self.groups)

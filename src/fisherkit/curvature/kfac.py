@@ -25,7 +25,7 @@ class KFACAccumulator(BlockAccumulator):
 
     def __init__(self, plan, meta):
         super().__init__(plan, meta)
-        if plan.func_names and meta.options.get("warn", True):
+        if plan.other_names and meta.options.get("warn", True):
             warnings.warn(
                 f"{self.curvature_class.structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
                 "these parameters fall back to a dense block (small) or a diagonal (large)",

@@ -159,7 +159,9 @@ def gather(
     """
     for i, x, y in _progress(batches, total, progress, description):
         out, inputs, zs = capture_forward(model, x, plan, adapter)
-        units = plan.hook_units
+        units, elems, nh = plan.hook_units, plan.elem_units, len(plan.hook_units)
+        if elems and not need_func:  # e.g. EKFAC's refit pass: only the Kronecker layers are needed
+            elems, inputs, zs = [], inputs[:nh], zs[:nh]
         y = adapter.labels(y)
         mask = adapter.mask(y, lik.name)
         y_ok = y if mask is None else y.masked_fill(~mask, 0)  # ignored positions: any valid label, zeroed below
@@ -168,7 +170,7 @@ def gather(
         count = batch_len(x)
         if per_token:
             count = int(mask.sum()) if mask is not None else int(math.prod(out.shape[:-1]))
-        acts = [unit_activations(u, a) for u, a in zip(units, inputs)]
+        acts = [unit_activations(u, a) for u, a in zip(units, inputs[:nh])]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.
         d_total = v.shape[0]
@@ -177,20 +179,27 @@ def gather(
         for c0 in range(0, d_total, chunk):
             vc = v[c0 : c0 + chunk]
             stats = BatchStats(i, count if c0 == 0 else 0, first=c0 == 0)
-            if units:
+            if zs:
                 gzs = output_grads(out, zs, vc, retain=c0 + chunk < d_total)
-                for u, a, z, gz in zip(units, acts, zs, gzs):
+                for u, a, z, gz in zip(units, acts, zs[:nh], gzs[:nh]):
                     if gz is None:
                         gz = a.new_zeros((vc.shape[0],) + tuple(z.shape))
                     g = unit_output_grads(u, gz)
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
                     stats.hook.append((u, a, g))
+                for u, xin, z, gz in zip(elems, inputs[nh:], zs[nh:], gzs[nh:]):
+                    if gz is None:
+                        gz = z.new_zeros((vc.shape[0],) + tuple(z.shape))
+                    for n, g in u.handler.persample(u.module, xin, gz, u.names).items():
+                        if not _all_finite(g):
+                            raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
+                        stats.func[n] = g
             if plan.func_names and need_func:
                 with _BatchNormEval(model):
                     grads = persample_grads(model, plan.func_names, x, vc, max_memory, adapter)
                 for n, g in grads.items():
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-                stats.func = grads
+                stats.func.update(grads)
             yield stats

@@ -5,7 +5,12 @@ A *unit* is a group of parameters whose statistics are gathered together:
 * ``HookUnit``: the weight (and bias) of one ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` called
   exactly once per forward. Its per-sample gradient is Σ_t g_t ãᵀ_t, with ã the layer input (conv:
   unfolded patches) extended by a 1 for the bias, and g the gradient of the layer output.
-* ``FuncUnit``: every other requested parameter, differentiated per sample with torch.func.
+* ``ElemUnit``: the parameters of a LayerNorm / RMSNorm / Embedding (``engine.elementwise``),
+  whose per-sample gradients follow in closed form from the layer's input and output gradients.
+* every other requested parameter is differentiated per sample with torch.func (``func_names``).
+
+A parameter shared by several modules (tied weights, e.g. an embedding and an LM head) is never
+given to a hook: its per-sample gradient must sum both uses before squaring, which torch.func does.
 """
 
 from __future__ import annotations
@@ -47,24 +52,49 @@ class HookUnit:
 
 
 @dataclass
+class ElemUnit:
+    module: nn.Module
+    module_name: str
+    handler: object  # engine.elementwise.Handler
+    names: dict  # handler parameter ("weight") -> full parameter name
+
+    @property
+    def weight(self) -> str:  # for messages
+        return next(iter(self.names.values()))
+
+
+@dataclass
 class Plan:
     """How each requested parameter is differentiated."""
 
     info: ParamInfo
     hook_units: list[HookUnit] = field(default_factory=list)
     func_names: list[str] = field(default_factory=list)
+    elem_units: list[ElemUnit] = field(default_factory=list)
+
+    @property
+    def units(self) -> list:
+        """Every hooked unit: Kronecker (``hook_units``) then elementwise (``elem_units``)."""
+        return list(self.hook_units) + list(self.elem_units)
+
+    @property
+    def other_names(self) -> list[str]:
+        """Parameters without Kronecker factors (elementwise units and torch.func), in parameter order."""
+        mine = set(self.func_names) | {n for u in self.elem_units for n in u.names.values()}
+        return [n for n in self.info.names if n in mine]
 
     def describe_fallback(self) -> str:
-        return ", ".join(self.func_names)
+        return ", ".join(self.other_names)
 
     def without(self, units: list[HookUnit]) -> "Plan":
         """A new plan in which ``units`` (hooks that did not fire exactly once) go to the torch.func path."""
         if not units:
             return self
         gone = {id(u) for u in units}
-        moved = {n for u in units for n in u.names}
+        moved = {n for u in units for n in (u.names.values() if isinstance(u, ElemUnit) else u.names)}
         return Plan(self.info, [u for u in self.hook_units if id(u) not in gone],
-                    [n for n in self.info.names if n in moved or n in self.func_names])
+                    [n for n in self.info.names if n in moved or n in self.func_names],
+                    [u for u in self.elem_units if id(u) not in gone])
 
 
 def _hookable(module: nn.Module) -> bool:
@@ -76,22 +106,44 @@ def _hookable(module: nn.Module) -> bool:
     return True
 
 
-def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool = True) -> Plan:
-    """Assign each chosen parameter to a hook unit (Linear/Conv weight [+ bias]) or to torch.func."""
+def _shared(model: nn.Module) -> set[int]:
+    """ids of parameters registered in more than one module (tied weights)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, c in seen.items() if c > 1}
+
+
+def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool = True,
+              elementwise: bool = False) -> Plan:
+    """Assign each chosen parameter to a hook unit (Linear/Conv weight [+ bias]), an elementwise unit
+    (``elementwise=True``: LayerNorm, RMSNorm, Embedding) or to torch.func."""
+    from .elementwise import handler_for
+
     info = ParamInfo(list(chosen), [tuple(p.shape) for p in chosen.values()])
     plan = Plan(info)
     covered: set[str] = set()
     if use_hooks:
+        tied = _shared(model)
         for mname, module in model.named_modules():
-            if not _hookable(module):
-                continue
             prefix = f"{mname}." if mname else ""
-            w, b = prefix + "weight", prefix + "bias"
-            if w not in chosen:
+            own = {k: p for k, p in module._parameters.items() if p is not None}
+            if any(id(p) in tied for p in own.values()):
                 continue
-            has_b = module.bias is not None and b in chosen
-            plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape)))
-            covered.update([w] + ([b] if has_b else []))
+            if _hookable(module):
+                w, b = prefix + "weight", prefix + "bias"
+                if w not in chosen:
+                    continue
+                has_b = module.bias is not None and b in chosen
+                plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape)))
+                covered.update([w] + ([b] if has_b else []))
+            elif elementwise and (h := handler_for(module)) is not None:
+                names = {k: prefix + k for k in h.params if k in own and prefix + k in chosen}
+                if names and set(own) <= set(h.params):
+                    plan.elem_units.append(ElemUnit(module, mname, h, names))
+                    covered.update(names.values())
     plan.func_names = [n for n in chosen if n not in covered]
     return plan
 
@@ -143,20 +195,31 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     args, kwargs = as_call_args(slice_inputs(x, slice(0, 8)))
-    with Capture(plan.hook_units) as cap, torch.no_grad(), no_fused_attention():
+    units = plan.units
+    with Capture(units) as cap, torch.no_grad(), no_fused_attention():
         torch.func.functional_call(model, (params, buffers), args, kwargs)
-    return plan.without(cap.misfired())
+    bad = cap.misfired()
+    for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
+        if isinstance(u, ElemUnit) and all(u is not b for b in bad):
+            try:
+                ok = torch.allclose(u.handler.forward(u.module, cap.inputs[i][0]).to(cap.outputs[i][0].dtype),
+                                    cap.outputs[i][0], rtol=1e-3, atol=1e-5)
+            except Exception:  # noqa: BLE001 - any mismatch of the formula means: use torch.func
+                ok = False
+            if not ok:
+                bad.append(u)
+    return plan.without(bad)
 
 
 def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
     """One forward pass with hooks on the plan's (settled) units.
 
-    Returns ``(output, inputs, outputs)``, the last two aligned with ``plan.hook_units``; a unit
-    that did not fire exactly once (a plan not settled on this model) raises.
+    Returns ``(output, inputs, outputs)``, the last two aligned with ``plan.units`` (hook units, then
+    elementwise units); a unit that did not fire exactly once (a plan not settled on this model) raises.
     """
     from .functional import no_fused_attention
 
-    units = plan.hook_units
+    units = plan.units
     from .adapters import DEFAULT
 
     with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
