@@ -200,6 +200,8 @@ def test_bad_input_raises_before_work():
             merge(models, **kw)
     with pytest.raises(MergeError, match="base="):
         merge(models, method="task_arithmetic")
+    with pytest.raises(MergeError, match="structure='kfac'"):
+        merge(models, method="regmean", fishers=[fk.fisher(m, d) for m, d in zip(models, ds)])
     with pytest.raises(MergeError, match="covers"):
         merge(models, fishers=[fk.fisher(m, d, params=["0.weight"]) for m, d in zip(models, ds)])
     assert issubclass(MergeError, FisherkitError)

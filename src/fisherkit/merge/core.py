@@ -127,6 +127,9 @@ def merge_parameters(models, data=None, method="fisher", structure="diag", weigh
     else:
         fishers = list(fishers)
         _check_fishers(fishers, k, names)
+        if method == "regmean" and any(getattr(F, "structure", None) != "kfac" for F in fishers):
+            raise MergeError("method='regmean' uses the A factors of KFAC Fishers; pass fishers computed with "
+                             "structure='kfac' (or data=)")
     thetas = [_params(m, names) for m in models]
     avg = sum(w * t for w, t in zip(lams, thetas)) / sum(lams)
     if method == "regmean":
