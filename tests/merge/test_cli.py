@@ -24,3 +24,16 @@ def test_merge_command(tmp_path, capsys):
 def test_merge_command_bad_input(capsys):
     assert main(["merge", "--variants", "median"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # pre-training, two fine-tunes, four Fisher passes, one KFAC dense solve (~1 min)
+def test_report_section_numbers_are_consistent():
+    from fisherkit.merge.experiment import REPORT_QUICK, report
+
+    sec = report(quick=True, seed=0)
+    n = sec["numbers"]
+    assert set(n["mean_task_accuracy"]) == set(REPORT_QUICK)
+    assert n["delta_vs_average_per_seed"]["average"] == [0.0]
+    assert n["extrapolation"]["average"] == pytest.approx(0.0, abs=1e-12)
+    assert n["extrapolation"]["diag"] <= 1 + 1e-9  # a per-coordinate weighted average never leaves the segment
+    assert f"{100 * n['mean_task_accuracy']['average']:.1f}" in sec["text"]

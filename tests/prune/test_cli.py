@@ -21,3 +21,18 @@ def test_prune_command_bad_input(capsys):
     assert main(["prune", "--sparsities", "1.2"]) == 2
     assert "[0, 1)" in capsys.readouterr().err
     assert main(["prune", "--methods", "random"]) == 2
+
+
+import pytest
+
+
+@pytest.mark.slow  # trains an MLP and prunes it three ways (~20 s)
+def test_report_section_numbers_match_its_table():
+    from fisherkit.prune.experiment import report
+
+    sec = report(quick=True, seed=0)
+    acc = sec["numbers"]["accuracy"]
+    assert set(acc) == {"magnitude", "obd", "kfac"}
+    assert acc["kfac"]["0.9"]["oneshot"] >= acc["magnitude"]["0.9"]["oneshot"] + 0.10
+    assert f"{100 * acc['kfac']['0.9']['oneshot']:.1f}" in sec["text"] and "kfac" in sec["headline"]
+    assert sec["figures"]["prune_mlp"] is not None
