@@ -21,7 +21,7 @@ from .distributed import all_reduce_sums
 from .engine.adapters import DEFAULT, batch_len, make_adapter
 from .engine.collect import batch_source, buffers_kept, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
-from .choices import check_every, check_kind, check_positive, check_structure
+from .choices import check_choice, check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params
 from .engine.units import make_plan
@@ -57,6 +57,7 @@ def fisher(
     shift_labels: bool = False,
     ignore_index: int | None = -100,
     per_token: bool = False,
+    kfac_approx: str = "expand",
 ):
     """Fisher information matrix of ``model`` over ``data``, in the requested structure.
 
@@ -82,6 +83,10 @@ def fisher(
             samples. The default (per sample, e.g. per sequence) keeps N·F the Fisher of the whole
             data set, which EWC, Laplace and merging need; per token gives the average Fisher of
             one token, comparable across sequence lengths.
+        kfac_approx: for layers applied at T positions (tokens, conv patches): ``"expand"`` (each
+            position a sample; exact for position-wise losses without mixing) or ``"reduce"`` (inputs
+            averaged and output gradients summed over positions first; exact when a sample's inputs are
+            the same at every position) — Eschenhagen et al. 2023, see ``engine.accumulate.kfac_add``.
 
     Returns a ``Curvature``; e.g. ``fk.fisher(net, (X, y), structure="kfac").solve(g, 1e-3)``.
     """
@@ -92,6 +97,7 @@ def fisher(
         check_every("rank", rank)
     check_positive("max_memory", max_memory)
     adapter = make_adapter(output, shift_labels, ignore_index)
+    check_choice("kfac_approx", kfac_approx, ("expand", "reduce"))
     check_batchnorm(model, allow_batchnorm_train)
     chosen = select_params(model, params)
     # FISHERKIT_FORCE_FUNC=1: a benchmark knob (benchmarks/bench_fisher.py) that sends every parameter
@@ -120,7 +126,8 @@ def fisher(
     with buffers_kept(model):  # BatchNorm in training mode (allowed) must not move its running statistics
         batches, first = _read(model, data, batch_size, process_group, what)
         plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called once -> torch.func
-        acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device, {"rank": rank}))
+        acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device,
+                                         {"rank": rank, "kfac_approx": kfac_approx}))
         for p in range(acc.passes):
             if p > 0:
                 acc.next_pass(ops)

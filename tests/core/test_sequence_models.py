@@ -310,3 +310,33 @@ def test_a_norm_the_handler_does_not_reproduce_falls_back_to_torch_func():
 
     torch.testing.assert_close(fk.fisher(model, (X, None), structure="dense").to_dense(),
                                brute_fisher(model, X), rtol=1e-9, atol=1e-12)
+
+
+def test_kfac_reduce_is_exact_when_every_position_sees_the_same_input():
+    """One sample whose T positions share one input: the per-sample gradient Σ_t g_t ãᵀ is ĝ āᵀ, so
+    KFAC-reduce's G ⊗ A equals the exact Fisher block (brute force); KFAC-expand does not."""
+    torch.manual_seed(2)
+    lin, head = nn.Linear(3, 4).double(), nn.Linear(4, 5).double()
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.head = lin, head
+
+        def forward(self, x):  # x [B, 3] -> the same input at T=4 positions, positions mixed before the head
+            h = torch.tanh(self.lin(x.unsqueeze(1).expand(-1, 4, -1)))
+            return self.head(h.cumsum(1))
+
+    model = Seq()
+    X = torch.randn(1, 3, dtype=torch.float64)
+    from reference import brute_fisher
+
+    ref = brute_fisher(model, X)[:16, :16]  # lin.weight (12) + lin.bias (4)
+    red = fk.fisher(model, (X, None), structure="kfac", kfac_approx="reduce")
+    blk = [b for b in red.blocks if b.names[0] == "lin.weight"][0]
+    torch.testing.assert_close(blk.to_dense(), ref, rtol=1e-9, atol=1e-12)
+    exp = fk.fisher(model, (X, None), structure="kfac", kfac_approx="expand")
+    eb = [b for b in exp.blocks if b.names[0] == "lin.weight"][0]
+    assert float((eb.to_dense() - ref).norm() / ref.norm()) > 0.05
+    with pytest.raises(FisherkitError, match="kfac_approx"):
+        fk.fisher(model, (X, None), structure="kfac", kfac_approx="mean")

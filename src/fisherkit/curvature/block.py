@@ -42,7 +42,8 @@ class BlockAccumulator(Accumulator):
     def _add(self, bs):
         for u, a, g in bs.hook:
             if id(u) in self._kron_ids:
-                acc.kfac_add(a, g, self._sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first)
+                acc.kfac_add(a, g, self._sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first,
+                             approx=self.meta.options.get("kfac_approx", "expand"))
         d = acc.diag_sums(bs) if self.big else None  # once per batch
         for grp in self.groups:
             if grp in self.big:
