@@ -49,6 +49,7 @@ def test_operations_match_dense_linear_algebra(structure, subset):
     f, fvar = la.functional_variance(X[:7])
     torch.testing.assert_close(fvar, J @ cov @ J.transpose(1, 2), rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(f, m(X[:7]).detach())
+    torch.testing.assert_close(la.functional_variance(X[:7], diagonal=True)[1], fvar.diagonal(dim1=1, dim2=2))
 
 
 @pytest.mark.parametrize("structure", ["kfac", "ekfac", "diag", "block"])

@@ -68,6 +68,7 @@ def test_sequential_rank_one_path_matches_jacobians(structure, subset, monkeypat
     la = Laplace(m, "categorical", subset=subset, structure=structure, prior_precision=0.4).fit((X, y))
     w = Laplace(Wrapped(m), "categorical", subset=subset, structure=structure, prior_precision=0.4).fit((X, y))
     f2, v2 = w.functional_variance(X[:6])
+    torch.testing.assert_close(w.functional_variance(X[:6], diagonal=True)[1], v2.diagonal(dim1=1, dim2=2))
     monkeypatch.setattr(fk.laplace.laplace, "jacobians", None)  # the Sequential path must not need them
     f1, v1 = la.functional_variance(X[:6])
     torch.testing.assert_close(v1, v2, rtol=1e-9, atol=1e-12)

@@ -40,6 +40,7 @@ class Laplace:
             or a dict name → number.
         prior_mean: μ₀, a number or a flat tensor over the posterior parameters.
         generator: seeds ``kind="mc"`` (a fixed seed 0 by default; the global RNG is never used).
+        max_memory: bytes one allocation may take, for ``fk.fisher`` and the predictive's Jacobians.
 
     Example:
         >>> la = Laplace(net, "categorical", subset="last_layer", structure="kfac").fit((X, y))
@@ -157,7 +158,7 @@ class Laplace:
             gen = torch.Generator(device=self.device).manual_seed(0)
         F = api.fisher(self.model, data, likelihood=lik, kind=self.kind, structure=self.structure,
                        params=self.names, generator=gen, mc_samples=self.mc_samples,
-                       batch_size=self.batch_size, rank=min(self.rank, self.n_params))
+                       batch_size=self.batch_size, rank=min(self.rank, self.n_params), max_memory=self.max_memory)
         loss, n, n_out = self._training_loss(data)
         if n != F.num_samples:
             raise LaplaceError(f"the data gave {n} points to the loss but {F.num_samples} to the Fisher")
@@ -287,8 +288,11 @@ class Laplace:
         per_row = max(1, n_out * self.n_params * torch.finfo(self.dtype).bits // 8 * 3)
         return max(1, int(self.max_memory // per_row))
 
-    def functional_variance(self, X, prior_precision=None, sigma=None):
+    def functional_variance(self, X, prior_precision=None, sigma=None, diagonal: bool = False):
         """f̂ = f(X; θ̂) [B, C] and the linearised output covariance J Λ⁻¹ Jᵀ [B, C, C].
+
+        With ``diagonal=True`` only the variances diag(J Λ⁻¹ Jᵀ) [B, C] (all the probit and the
+        regression predictive need; C times less memory and work, which matters at 1,000 classes).
 
         Linear layers of an ``nn.Sequential`` get J's rank-one structure (no per-sample Jacobians;
         see ``fisherkit.laplace.linearized``); everything else torch.func Jacobians, in chunks.
@@ -308,11 +312,11 @@ class Laplace:
             if terms is not None:
                 f, parts = terms
                 with torch.no_grad():
-                    v = sum(piece_fvar(pc, numels, parts, p[pc.idx], s) for pc in self._pieces)
+                    v = sum(piece_fvar(pc, numels, parts, p[pc.idx], s, diagonal) for pc in self._pieces)
             else:
                 f, J = jacobians(self.model, self.names, x)
                 with torch.no_grad():
-                    v = sum(pc.fvar(J[..., pc.idx], p[pc.idx], s) for pc in self._pieces)
+                    v = sum(pc.fvar(J[..., pc.idx], p[pc.idx], s, diagonal) for pc in self._pieces)
             fs.append(f.detach())
             vs.append(v.detach())
         return torch.cat(fs), torch.cat(vs)
@@ -339,11 +343,12 @@ class Laplace:
             return (f, torch.full_like(f, self.sigma**2)) if self.likelihood == "gaussian" else link(f, self.likelihood)
         if method == "samples":
             return self._sampled_predictive(X, n_samples, generator)
+        if self.likelihood == "gaussian" or method == "probit":
+            f, var = self.functional_variance(X, diagonal=True)
+            if self.likelihood == "gaussian":
+                return f, var + self.sigma**2
+            return probit(f, var, self.likelihood)
         f, fvar = self.functional_variance(X)
-        if self.likelihood == "gaussian":
-            return f, fvar.diagonal(dim1=1, dim2=2) + self.sigma**2
-        if method == "probit":
-            return probit(f, fvar, self.likelihood)
         gen = generator if generator is not None else torch.Generator(device=f.device).manual_seed(0)
         return monte_carlo(f, fvar, self.likelihood, n_samples, gen)
 

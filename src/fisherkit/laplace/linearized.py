@@ -52,13 +52,15 @@ class LinearTerm:
             m = self.B[:, :, :, None] * self.phi[:, None, None, :]
         return self.layout.from_matrix(m)
 
-    def weighted_gram(self, w: torch.Tensor, Q: torch.Tensor | None = None) -> torch.Tensor:
-        """(B Q) diag(w) (B Q)ᵀ per sample (B = I when None), w [b, O]."""
+    def weighted_gram(self, w: torch.Tensor, Q: torch.Tensor | None = None, diagonal: bool = False) -> torch.Tensor:
+        """(B Q) diag(w) (B Q)ᵀ per sample (B = I when None), w [b, O]; only its diagonal with ``diagonal``."""
         if self.B is None:
             if Q is None:
-                return torch.diag_embed(w)
-            return torch.einsum("co,bo,do->bcd", Q, w, Q)
+                return w if diagonal else torch.diag_embed(w)
+            return w @ (Q**2).T if diagonal else torch.einsum("co,bo,do->bcd", Q, w, Q)
         BQ = self.B if Q is None else self.B @ Q
+        if diagonal:
+            return torch.einsum("bco,bo->bc", BQ**2, w)
         return torch.einsum("bco,bo,bdo->bcd", BQ, w, BQ)
 
 
@@ -118,7 +120,7 @@ def chain_terms(model: nn.Module, names: list[str], x: torch.Tensor):
     return f, parts
 
 
-def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s) -> torch.Tensor:
+def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s, diagonal: bool = False) -> torch.Tensor:
     """J Λ⁻¹ Jᵀ of one piece from the chain terms (closed forms where the piece allows)."""
     names = pc.names
     terms = [parts[n] for n in names]
@@ -126,7 +128,7 @@ def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s) -> torch.Tenso
         t = terms[0]
         u2 = (t.phi @ pc.QA) ** 2
         w = u2 @ (1.0 / pc._d(p, s)).T
-        return t.weighted_gram(w, pc.QG)
+        return t.weighted_gram(w, pc.QG, diagonal)
     if isinstance(pc, DiagPiece):
         d_all = s * pc.h + p
         out, pos, done = 0.0, 0, set()
@@ -141,12 +143,13 @@ def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s) -> torch.Tenso
             if isinstance(t, LinearTerm) and all(m in offs for m in t.names):
                 d = torch.cat([d_all[offs[m][0] : offs[m][1]] for m in t.names])
                 w = (t.phi**2) @ (1.0 / t.layout.to_matrix(d)).T
-                out = out + t.weighted_gram(w)
+                out = out + t.weighted_gram(w, None, diagonal)
                 done.update(t.names)
             else:
                 lo, hi = offs[n]
                 J = t.explicit()[..., _slice_of(t, n, numels)] if isinstance(t, LinearTerm) else t
-                out = out + torch.einsum("bcn,n,bdn->bcd", J, 1.0 / d_all[lo:hi], J)
+                eq = "bcn,n,bcn->bc" if diagonal else "bcn,n,bdn->bcd"
+                out = out + torch.einsum(eq, J, 1.0 / d_all[lo:hi], J)
                 done.add(n)
         return out
     blocks, seen = [], set()
@@ -161,7 +164,7 @@ def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s) -> torch.Tenso
             blocks.append((n, t))
     by_name = dict(blocks)
     J = torch.cat([by_name[n] for n in names], -1)
-    return pc.fvar(J, p, s)
+    return pc.fvar(J, p, s, diagonal)
 
 
 def _slice_of(term: LinearTerm, name: str, numels: dict) -> slice:

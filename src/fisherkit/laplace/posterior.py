@@ -64,8 +64,8 @@ class Piece:
         """Λ^{-1/2} z for standard normal rows z [m, n]: rows with covariance Λ⁻¹."""
         raise NotImplementedError
 
-    def fvar(self, J, p, s):
-        """J Λ⁻¹ Jᵀ for Jacobians J [B, C, n] → [B, C, C]."""
+    def fvar(self, J, p, s, diagonal=False):
+        """J Λ⁻¹ Jᵀ for Jacobians J [B, C, n] → [B, C, C] (its diagonal [B, C] with ``diagonal``)."""
         raise NotImplementedError
 
     def state(self) -> tuple[dict, dict]:
@@ -98,7 +98,9 @@ class DiagPiece(Piece):
     def sample(self, z, p, s):
         return z / self._prec(p, s).sqrt()
 
-    def fvar(self, J, p, s):
+    def fvar(self, J, p, s, diagonal=False):
+        if diagonal:
+            return torch.einsum("bcn,n,bcn->bc", J, 1.0 / self._prec(p, s), J)
         return torch.einsum("bcn,n,bdn->bcd", J, 1.0 / self._prec(p, s), J)
 
     def state(self):
@@ -162,7 +164,7 @@ class DensePiece(Piece):
         L = self._chol(p, s)  # x = L⁻ᵀ z has covariance (L Lᵀ)⁻¹
         return torch.linalg.solve_triangular(L.T, z.T, upper=True).T
 
-    def fvar(self, J, p, s):
+    def fvar(self, J, p, s, diagonal=False):
         B, C, n = J.shape
         flat = J.reshape(B * C, n)
         c = constant_value(p)
@@ -172,7 +174,7 @@ class DensePiece(Piece):
         else:
             w = torch.linalg.solve_triangular(self._chol(p, s), flat.T, upper=False).T
         w = w.reshape(B, C, n)
-        return w @ w.transpose(1, 2)
+        return (w**2).sum(-1) if diagonal else w @ w.transpose(1, 2)
 
     def state(self):
         return {"H": self.H}, {}
@@ -250,15 +252,12 @@ class EigenKronPiece(Piece):
         zm = z.reshape(z.shape[0], self.layout.out_features, self.layout.n_in)
         return self.layout.from_matrix(self._unrot(zm / d.sqrt()))
 
-    def fvar(self, J, p, s):
+    def fvar(self, J, p, s, diagonal=False):
         r = self._rot(self.layout.to_matrix(J)) / self._d(p, s).sqrt()  # [B, C, O, I]
-        return torch.einsum("bcoi,bdoi->bcd", r, r)
-
-    def fvar_features(self, phi, p, s):
-        """J Λ⁻¹ Jᵀ for the layer's own outputs, J = I_O ⊗ φ̃ᵀ: Q_G diag(Σ_j u_j²/d_ij) Q_Gᵀ with u = Q_Aᵀ φ̃."""
-        u2 = (phi @ self.QA) ** 2  # [B, I]
-        w = u2 @ (1.0 / self._d(p, s)).T  # [B, O]
-        return torch.einsum("ci,bi,di->bcd", self.QG, w, self.QG)
+        if diagonal:
+            return (r**2).sum((-2, -1))
+        r = r.flatten(-2)
+        return r @ r.transpose(1, 2)
 
     def state(self):
         return {"QG": self.QG, "QA": self.QA, "e": self.e}, self.layout.meta()
@@ -304,9 +303,11 @@ class LowRankPiece(Piece):
         w = z @ self.U
         return (w / (s * self.lam + c).sqrt()) @ self.U.T + (z - w @ self.U.T) / c.sqrt()
 
-    def fvar(self, J, p, s):
+    def fvar(self, J, p, s, diagonal=False):
         c = self._c(p)
         ju = J @ self.U  # [B, C, k]
+        if diagonal:
+            return torch.einsum("bck,k,bck->bc", ju, 1.0 / (s * self.lam + c) - 1.0 / c, ju) + (J**2).sum(-1) / c
         inner = torch.einsum("bck,k,bdk->bcd", ju, 1.0 / (s * self.lam + c) - 1.0 / c, ju)
         return inner + J @ J.transpose(1, 2) / c
 

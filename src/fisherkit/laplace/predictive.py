@@ -17,8 +17,8 @@ import torch
 
 
 def probit(f: torch.Tensor, fvar: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Probit-approximated predictive: f [B, C], fvar [B, C, C] → probabilities [B, C]."""
-    v = fvar.diagonal(dim1=1, dim2=2)
+    """Probit-approximated predictive: f [B, C], fvar [B, C, C] or its diagonal [B, C] → probabilities [B, C]."""
+    v = fvar.diagonal(dim1=1, dim2=2) if fvar.dim() == 3 else fvar
     kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8.0 * v)
     if likelihood == "bernoulli":
         return torch.sigmoid(kappa * f)
