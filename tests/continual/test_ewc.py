@@ -282,3 +282,30 @@ def test_squared_batch_mean_is_the_square_of_the_batch_mean_gradient():
     # and it is not the empirical Fisher (mean of per-sample squares), which is larger here
     emp = brute_fisher(model, X, "empirical", y).diagonal()
     assert emp.sum() > 1.5 * expected.sum()
+
+
+def test_ewc_on_a_language_model_with_hf_batches(tmp_path):
+    """EWC for LM fine-tuning: dict batches with labels inside, causal shift, −100 left out; the penalty
+    equals λ/2 dᵀ F d with F from fk.fisher under the same options, and survives save/load."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+    from test_sequence_models import _batch, _model
+
+    model, batch = _model(), _batch()
+    ewc = EWC(model, lam=3.0, structure="diag", fisher_options={"shift_labels": True})
+    ewc.consolidate(batch)
+    F = fk.fisher(model, batch, structure="diag", shift_labels=True)
+    theta0 = F.flatten(dict(model.named_parameters())).detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    d = F.flatten(dict(model.named_parameters())).detach() - theta0
+    torch.testing.assert_close(ewc.penalty(), 0.5 * 3.0 * (F.diag() * d * d).sum(), rtol=1e-10, atol=1e-14)
+    ewc.save(tmp_path / "lm.ewc")
+    back = EWC.load(tmp_path / "lm.ewc", model)
+    assert back.fisher_options == {"shift_labels": True}
+    torch.testing.assert_close(back.penalty(), ewc.penalty(), rtol=0, atol=0)
+    with pytest.raises(fk.FisherkitError, match="fisher_options"):
+        EWC(model, fisher_options={"shfit_labels": True})

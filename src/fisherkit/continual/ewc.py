@@ -39,6 +39,8 @@ from ..errors import FisherkitError, NonFiniteError, ShapeError
 from ..likelihoods import get_likelihood
 from .fishers import WRONG_KIND, squared_batch_mean_fisher
 
+# options passed through to fk.fisher for models with dict inputs / HF outputs / token sequences
+FISHER_OPTIONS = ("output", "shift_labels", "ignore_index", "per_token", "kfac_approx", "max_memory")
 EWC_STRUCTURES = ("diag", "kfac", "ekfac", "block", "dense", "lowrank")
 EWC_REFUSED = {"implicit": "an implicit Fisher stores no matrix: every penalty evaluation would re-run the old "
                            "task's data, which EWC exists to avoid; use 'lowrank' (its top eigenpairs) or 'kfac'"}
@@ -93,11 +95,15 @@ class EWC:
         likelihood: as for ``fk.fisher`` (``"categorical"`` = cross-entropy on logits).
         mc_samples, batch_size: passed to ``fk.fisher``; ``batch_size`` is also the B of
             ``"squared_batch_mean"`` (default 64).
+        fisher_options: further ``fk.fisher`` options for language and HF models, e.g.
+            ``{"shift_labels": True}`` for a causal LM fed HF batches (``output``, ``ignore_index``,
+            ``per_token``, ``kfac_approx``, ``max_memory``); saved with the state (a callable
+            ``output`` is not, pass it again after ``load``).
     """
 
     def __init__(self, model: torch.nn.Module, lam: float = 100.0, mode: str = "separate", gamma: float = 1.0,
                  structure: str = "diag", kind: str = "exact", likelihood="categorical", mc_samples: int = 1,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, fisher_options: dict | None = None):
         if not isinstance(model, torch.nn.Module):
             raise FisherkitError(f"EWC needs a torch.nn.Module; got {type(model).__name__}")
         self.lam = _check_number("lam (λ)", lam, 0.0)
@@ -113,6 +119,10 @@ class EWC:
         self.mode, self.structure, self.kind = mode, structure, kind
         self.likelihood = get_likelihood(likelihood)
         self.mc_samples, self.batch_size = mc_samples, batch_size
+        self.fisher_options = dict(fisher_options or {})
+        unknown = set(self.fisher_options) - set(FISHER_OPTIONS)
+        if unknown:
+            raise FisherkitError(f"fisher_options takes {list(FISHER_OPTIONS)}; got {sorted(unknown)}")
         self.terms: list[Term] = []
         self.num_tasks = 0
 
@@ -129,7 +139,7 @@ class EWC:
             else:
                 F = api.fisher(self.model, task_data, likelihood=self.likelihood, kind=self.kind,
                                structure=self.structure, mc_samples=self.mc_samples, generator=generator,
-                               params=params, batch_size=self.batch_size, progress=progress)
+                               params=params, batch_size=self.batch_size, progress=progress, **self.fisher_options)
         finally:
             for m, training in modes.items():
                 m.train(training)
@@ -203,7 +213,8 @@ class EWC:
     def _config(self):
         return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma, "structure": self.structure,
                 "kind": self.kind, "likelihood": self.likelihood.to_config(), "mc_samples": self.mc_samples,
-                "batch_size": self.batch_size, "num_tasks": self.num_tasks}
+                "batch_size": self.batch_size, "num_tasks": self.num_tasks,
+                "fisher_options": {k: v for k, v in self.fisher_options.items() if not callable(v)}}
 
     def save(self, path) -> None:
         """Write every term (Fisher + anchor) and the config to a safetensors file, atomically
@@ -229,7 +240,7 @@ class EWC:
         cfg = header["config"]
         ewc = cls(model, lam=cfg["lam"], mode=cfg["mode"], gamma=cfg["gamma"], structure=cfg["structure"],
                   kind=cfg["kind"], likelihood=cfg["likelihood"], mc_samples=cfg["mc_samples"],
-                  batch_size=cfg["batch_size"])
+                  batch_size=cfg["batch_size"], fisher_options=cfg.get("fisher_options"))
         p0 = next(model.parameters())
         tensors = {k: v.to(device=p0.device, dtype=p0.dtype) for k, v in tensors.items()}
         for i, t in enumerate(header["terms"]):
