@@ -19,7 +19,7 @@ from .curvature.lowrank import LowRank
 from . import distributed as _dist
 from .distributed import all_reduce_sums
 from .engine.adapters import DEFAULT, batch_len, make_adapter
-from .engine.collect import batch_source, buffers_kept, check_batchnorm, gather, settled_plan
+from .engine.collect import accumulation_dtype, batch_source, buffers_kept, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
 from .choices import check_choice, check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
@@ -126,7 +126,7 @@ def fisher(
     with buffers_kept(model):  # BatchNorm in training mode (allowed) must not move its running statistics
         batches, first = _read(model, data, batch_size, process_group, what)
         plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called once -> torch.func
-        acc = cls.accumulator(plan, Meta(kind, lik.to_config(), dtype, device,
+        acc = cls.accumulator(plan, Meta(kind, lik.to_config(), accumulation_dtype(dtype), device,
                                          {"rank": rank, "kfac_approx": kfac_approx}))
         for p in range(acc.passes):
             if p > 0:

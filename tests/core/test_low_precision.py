@@ -39,8 +39,6 @@ def test_one_batch_matches_float64_reference(dtype, structure):
     assert rel_diag(fk.fisher(m, (x, None), structure=structure), F) < TOL[dtype]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: low-precision models accumulate statistics in their own dtype, not float32 "
-                                       "(api.fisher passes the model dtype to Meta; engine.accumulate sums in it)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("structure", ["diag", "kfac"])
 def test_many_batches_accumulate_in_float32(dtype, structure):

@@ -85,6 +85,18 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics of 16-bit models are summed in float32 (DESIGN: bf16/fp16 accumulate in float32)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
 def output_grads(out, zs, v, retain=False):
     """Gradients of ``out`` along every direction ``v[d]`` at the tensors ``zs``: a list of ``[D, *z.shape]``
     (None where ``out`` does not depend on z). One batched backward (``is_grads_batched``), or one
@@ -170,7 +182,7 @@ def gather(
         count = batch_len(x)
         if per_token:
             count = int(mask.sum()) if mask is not None else int(math.prod(out.shape[:-1]))
-        acts = [unit_activations(u, a) for u, a in zip(units, inputs[:nh])]
+        acts = [_wide(unit_activations(u, a)) for u, a in zip(units, inputs[:nh])]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.
         d_total = v.shape[0]
@@ -184,7 +196,7 @@ def gather(
                 for u, a, z, gz in zip(units, acts, zs[:nh], gzs[:nh]):
                     if gz is None:
                         gz = a.new_zeros((vc.shape[0],) + tuple(z.shape))
-                    g = unit_output_grads(u, gz)
+                    g = _wide(unit_output_grads(u, gz))
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
                     stats.hook.append((u, a, g))
@@ -194,12 +206,12 @@ def gather(
                     for n, g in u.handler.persample(u.module, xin, gz, u.names).items():
                         if not _all_finite(g):
                             raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-                        stats.func[n] = g
+                        stats.func[n] = _wide(g)
             if plan.func_names and need_func:
                 with _BatchNormEval(model):
                     grads = persample_grads(model, plan.func_names, x, vc, max_memory, adapter)
                 for n, g in grads.items():
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-                stats.func.update(grads)
+                stats.func.update({n: _wide(g) for n, g in grads.items()})
             yield stats
