@@ -175,6 +175,23 @@ def test_block_diagonal_fallback(monkeypatch, kind):
     assert rel(B.diag(), F.diagonal()) < TOL
 
 
+def test_block_diagonal_fallback_conv_layers(monkeypatch):
+    """Conv layers (shared positions: per-sample gradients summed over patches) over a patched limit of 19
+    keep the brute-force diagonal; the 18-parameter conv and the 27-parameter head split the same way."""
+    from fisherkit.curvature import block
+
+    monkeypatch.setattr(block, "DENSE_BLOCK_LIMIT", 19)
+    m, X = make("cnn")  # conv 20 parameters, conv 18, linear 27
+    F = brute_fisher(m, X, None, "categorical", "exact")
+    B = fk.fisher(m, (X, None), structure="block", batch_size=2)
+    assert [b.kind for b in B.blocks] == ["diag", "dense", "diag"]
+    ref = torch.zeros_like(F)
+    for k, dense in (("0", False), ("2", True), ("4", False)):
+        idx = layer_index(m, k)
+        ref[idx[:, None], idx[None, :]] = F[idx[:, None], idx[None, :]] if dense else torch.diag(F[idx, idx])
+    assert rel(B.to_dense(), ref) < TOL
+
+
 def test_kfac_fallback_diagonal_for_large_non_hooked_module(monkeypatch):
     """KFAC on Embedding + LayerNorm + Linear: the embedding (28 parameters, over a patched limit of 10)
     keeps its diagonal, the LayerNorm (8) a dense block, the head Kronecker factors."""

@@ -78,6 +78,15 @@ def test_output_fisher_is_expected_outer_product_of_residuals(name):
         assert torch.allclose(lik.output_fisher(fn)[0], E, rtol=1e-12, atol=1e-15)
 
 
+def test_bernoulli_integer_targets():
+    """0/1 targets as integers or booleans give the same nll as float targets (they are cast to f's dtype)."""
+    f, y = data("bernoulli", (4, 3))
+    ref = nll_reference("bernoulli", f, y)
+    for yy in (y.long(), y.int()):
+        assert torch.allclose(Bernoulli().nll(f, yy), ref, rtol=1e-13, atol=0)
+        assert torch.allclose(Bernoulli().residual(f, yy), torch.sigmoid(f) - y, rtol=1e-13, atol=0)
+
+
 def test_configs_round_trip_and_repr():
     for lik in LIKS.values():
         back = get_likelihood(lik.to_config())
