@@ -49,6 +49,9 @@ class NaturalGradient(torch.optim.Optimizer):
             (two extra forwards, plus one per backtrack); a step that moves more is shrunk by
             ν = 0.99 √(κ/KL) and measured again (at most ``kl_backtracks`` times, then not taken), so
             after ``step()`` the measured KL is ≤ κ — guaranteed, on that batch, in the model's mode.
+        curvature_budget: ``None`` or a fraction β > 0: re-choose ``update_every`` / ``inv_every`` after every
+            inverse refresh from measured step times so that the curvature work costs ≤ β × the rest of a
+            step (see ``optim.amortise``; not bit-reproducible, refused under torch.distributed).
         graft: ``None``, ``"adam"`` or ``"sgd"``: per parameter tensor, keep the natural gradient's
             direction and take the length of Adam's step g/(√v̂+ε) (``graft_beta2``, ``graft_eps``) or
             of the gradient (SGD). The learning rate then has Adam's / SGD's scale and survives changes
@@ -71,7 +74,7 @@ class NaturalGradient(torch.optim.Optimizer):
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
                  pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, generator=None, params=None,
                  process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic", kl_backtracks=10,
-                 graft=None, graft_beta2=0.999, graft_eps=1e-8):
+                 graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None):
         check_positive("lr", lr)
         check_positive("kl_clip", kl_clip, allow_none=True)
         check_fraction("momentum", momentum)
@@ -81,6 +84,10 @@ class NaturalGradient(torch.optim.Optimizer):
         check_every("kl_backtracks", kl_backtracks)
         check_fraction("graft_beta2", graft_beta2)
         check_positive("graft_eps", graft_eps)
+        check_positive("curvature_budget", curvature_budget, allow_none=True)
+        if curvature_budget is not None and structure == "implicit":
+            raise FisherkitError("curvature_budget chooses update_every / inv_every; structure='implicit' has neither "
+                                 "(it solves on every batch)")
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
             raise FisherkitError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
         if not (0 < lm_omega < 1):
@@ -108,6 +115,14 @@ class NaturalGradient(torch.optim.Optimizer):
         from ..distributed import distribute_optimizer
 
         distribute_optimizer(self, process_group, split_inverses)
+        self.amortiser = None
+        if curvature_budget is not None:
+            if self.pre.parallel is not None:
+                raise FisherkitError("curvature_budget is refused under torch.distributed: each rank would time its own "
+                                     "steps and choose other intervals; pass update_every / inv_every instead")
+            from .amortise import Amortiser
+
+            self.amortiser = Amortiser(curvature_budget)
 
     def remove_hooks(self) -> None:
         """Detach the forward hooks from the model (the optimizer cannot refresh its curvature after)."""
@@ -154,6 +169,11 @@ class NaturalGradient(torch.optim.Optimizer):
         bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
         if bad and self._nonfinite(f"the gradient of {bad[0]!r}"):
             return loss
+        work = None
+        if self.amortiser is not None:
+            pre = self.pre
+            work = ("inverse" if pre.steps % pre.inv_every == 0 or pre.curvature is None else
+                    "stats" if pre.steps % pre.update_every == 0 else "plain")
         nat = self.pre.compute(grads)
         if self.graft is not None:
             moments = {n: self.state[p]["graft_v"] for n, p in params.items() if "graft_v" in self.state.get(p, {})}
@@ -184,6 +204,10 @@ class NaturalGradient(torch.optim.Optimizer):
             self._levenberg_marquardt(closure, loss, grads, delta, q)
         if self.diagnostics:
             self._record(grads, nat, q, old)
+        if work is not None:
+            self.amortiser.tick(work)
+            if work == "inverse":
+                self.amortiser.choose(self.pre)
         return loss
 
     def _batch_output(self):

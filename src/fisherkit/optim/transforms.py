@@ -36,20 +36,22 @@ def graft(nat: dict, grads: dict, second_moment: dict, kind: str | None, step: i
     """
     if kind is None:
         return nat
-    out = {}
-    for n, d in nat.items():
-        g = grads[n]
-        if kind == "adam":
-            v = second_moment.get(n)
-            if v is None:
-                v = second_moment[n] = torch.zeros_like(g)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            a = g / ((v / (1 - beta2 ** step)).sqrt() + eps)
-        else:
-            a = g
-        norm = d.norm()
-        out[n] = d * (a.norm() / norm) if norm > 0 else d
-    return out
+    names = list(nat)
+    d, g = [nat[n] for n in names], [grads[n] for n in names]
+    if kind == "adam":  # one foreach op per stage instead of a few small kernels per tensor
+        for n in names:
+            if n not in second_moment:
+                second_moment[n] = torch.zeros_like(grads[n])
+        v = [second_moment[n] for n in names]
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        a = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, 1 - beta2 ** step)), eps)
+        a = torch._foreach_div(g, a)
+    else:
+        a = g
+    ratio = [torch.where(dn > 0, an / dn.clamp_min(torch.finfo(dn.dtype).tiny), torch.zeros_like(dn))
+             for an, dn in zip(torch._foreach_norm(a), torch._foreach_norm(d))]
+    return dict(zip(names, torch._foreach_mul(d, ratio)))
 
 
 def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
