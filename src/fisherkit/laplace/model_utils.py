@@ -1,4 +1,4 @@
-"""Model plumbing for Laplace: calling the model on a batch, the last layer and its features, output Jacobians.
+"""Model plumbing for Laplace: calling the model on a batch, the last layer, output Jacobians.
 
 Nothing here changes the model: no hooks, no mode switches, parameters swapped only inside
 ``torch.func.functional_call``.
@@ -99,30 +99,6 @@ def last_layer_params(model: nn.Module) -> tuple[str, list[str]]:
     prefix = f"{name}." if name else ""
     names = [prefix + "weight"] + ([prefix + "bias"] if m.bias is not None and m.bias.requires_grad else [])
     return name, names
-
-
-def feature_function(model: nn.Module, layer: nn.Module):
-    """x ↦ input of ``layer`` when the model is a (nested) nn.Sequential ending in ``layer``, else None."""
-
-    def run(mods, x):
-        for m in mods:
-            x = m(x)
-        return x
-
-    def split(seq):
-        children = list(seq)
-        if not children:
-            return None
-        last, head = children[-1], children[:-1]
-        if last is layer:
-            return lambda x: run(head, x)
-        if isinstance(last, nn.Sequential):
-            inner = split(last)
-            if inner is not None:
-                return lambda x: inner(run(head, x))
-        return None
-
-    return split(model) if isinstance(model, nn.Sequential) else None
 
 
 def jacobians(model: nn.Module, names: list[str], x: torch.Tensor):
