@@ -87,6 +87,17 @@ def test_bernoulli_integer_targets():
         assert torch.allclose(Bernoulli().residual(f, yy), torch.sigmoid(f) - y, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("name", ["gaussian", "bernoulli"])
+def test_target_shape_errors_name_the_batch(name):
+    from fisherkit.errors import ShapeError
+
+    f, y = data(name, (4, 3))
+    with pytest.raises(ShapeError, match=r"targets of shape \(4, 2\) do not fit outputs of shape \(4, 3\) in batch 7$"):
+        LIKS[name].check(f, y[:, :2], batch=7)
+    with pytest.raises(ShapeError, match=r"outputs of shape \(4, 3\)$"):
+        LIKS[name].check(f, y[:, :2])
+
+
 def test_configs_round_trip_and_repr():
     for lik in LIKS.values():
         back = get_likelihood(lik.to_config())

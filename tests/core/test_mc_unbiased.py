@@ -189,12 +189,15 @@ def test_bernoulli_kl_closed_form():
     assert torch.allclose(small, (0.5 * d**2 * p[2:3] * pn[2:3]).sum(-1), rtol=1e-3)
 
 
-def test_gaussian_and_categorical_kl_closed_form():
+@pytest.mark.parametrize("shape", [(5, 4), (5, 3, 4)])
+def test_gaussian_and_categorical_kl_closed_form(shape):
+    """σ = 0.7 (at σ = 0.5, /σ² and 2/σ coincide); [B, T, C] outputs sum over positions."""
     g = torch.Generator().manual_seed(6)
-    fa, fb = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
-    assert torch.allclose(Gaussian(sigma=SIGMA).kl(fa, fb), ((fa - fb) ** 2).sum(-1) / (2 * SIGMA**2), rtol=1e-14)
+    fa, fb = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    sum_extra = lambda t: t.reshape(t.shape[0], -1).sum(1)  # noqa: E731
+    assert torch.allclose(Gaussian(sigma=0.7).kl(fa, fb), sum_extra((fa - fb) ** 2) / (2 * 0.7**2), rtol=1e-14)
     p, q = torch.softmax(fa, -1), torch.softmax(fb, -1)
-    assert torch.allclose(Categorical().kl(fa, fb), (p * (p / q).log()).sum(-1), rtol=1e-12)
+    assert torch.allclose(Categorical().kl(fa, fb), sum_extra(p * (p / q).log()), rtol=1e-12)
 
 
 @pytest.mark.parametrize("lik", list(LIKS))
