@@ -96,6 +96,16 @@ class Adapter:
     ignore_index: int | None = IGNORE_INDEX
 
     def logits(self, out) -> torch.Tensor:
+        """The logits the Fisher is about (shifted for ``shift_labels``)."""
+        f = self.raw_logits(out)
+        if self.shift_labels:
+            if f.dim() < 3:
+                raise ShapeError(f"shift_labels=True needs sequence logits [B, T, C]; got {tuple(f.shape)}")
+            f = f[:, :-1]
+        return f
+
+    def raw_logits(self, out) -> torch.Tensor:
+        """The logits tensor picked from the model's output (not shifted)."""
         o = self.output
         if callable(o):
             f = o(out)
@@ -126,10 +136,6 @@ class Adapter:
             raise FisherkitError(f"output= takes None, a key, an index or a callable; got {type(o).__name__}")
         if not isinstance(f, torch.Tensor):
             raise FisherkitError(f"the logits picked from the model's output are a {type(f).__name__}, not a tensor")
-        if self.shift_labels:
-            if f.dim() < 3:
-                raise ShapeError(f"shift_labels=True needs sequence logits [B, T, C]; got {tuple(f.shape)}")
-            f = f[:, :-1]
         return f
 
     def labels(self, y: torch.Tensor | None) -> torch.Tensor | None:

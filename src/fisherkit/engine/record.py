@@ -40,6 +40,7 @@ class Batch:
     outputs: dict = field(default_factory=dict)  # unit index -> list of outputs
     grads: dict = field(default_factory=dict)  # unit index -> output grads (empirical)
     f_grad: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # counted output positions (labels not ignore_index), if labels were seen
 
     def stats(self, func: dict | None = None) -> BatchStats:
         """This batch as the record the curvature accumulators take (``func``: torch.func per-sample grads)."""
@@ -58,7 +59,11 @@ def check_output(lik, f: torch.Tensor) -> None:
 class Recorder:
     """Installs the hooks; ``batch`` holds what the latest forward with gradients recorded."""
 
-    def __init__(self, model, units, lik, kind, mc_samples, generator, loss_reduction, need_layers, wanted):
+    def __init__(self, model, units, lik, kind, mc_samples, generator, loss_reduction, need_layers, wanted,
+                 adapter=None):
+        from .adapters import DEFAULT
+
+        self.adapter = adapter or DEFAULT  # where the logits are; labels passed as model(..., labels=) mask −100
         self.model, self.units, self.lik, self.kind = model, units, lik, kind
         self.mc_samples, self.generator, self.loss_reduction = mc_samples, generator, loss_reduction
         self.need_layers = need_layers  # whether per-layer statistics are needed (not for implicit)
@@ -67,10 +72,10 @@ class Recorder:
         self.last_x: torch.Tensor | None = None
         self.busy = False  # True while fisherkit itself runs the model (no recording then)
         self._open: Batch | None = None
-        self._handles = [model.register_forward_pre_hook(self._pre_root)]
+        self._handles = [model.register_forward_pre_hook(self._pre_root, with_kwargs=True)]
         for i, u in enumerate(units):
             self._handles.append(u.module.register_forward_hook(self._layer(i)))
-        self._handles.append(model.register_forward_hook(self._root))
+        self._handles.append(model.register_forward_hook(self._root, with_kwargs=True))
 
     def remove(self) -> None:
         for h in self._handles:
@@ -80,12 +85,26 @@ class Recorder:
     def _active(self) -> bool:
         return torch.is_grad_enabled() and not self.busy and self.wanted()
 
-    def _pre_root(self, module, inputs):
+    def _pre_root(self, module, args, kwargs):
+        from .adapters import LABEL_KEYS, batch_len, map_inputs
+
         self._open = None
-        if torch.is_grad_enabled() and not self.busy and inputs and isinstance(inputs[0], torch.Tensor):
-            self.last_x = inputs[0].detach()
-        if self._active() and inputs and isinstance(inputs[0], torch.Tensor):
-            self._open = Batch(inputs[0].detach(), None, int(inputs[0].shape[0]))
+        kw = {k: v for k, v in kwargs.items() if k not in LABEL_KEYS and isinstance(v, torch.Tensor)}
+        if args and not kw:
+            x = args[0] if len(args) == 1 else tuple(args)
+        elif kw and not args:
+            x = kw
+        else:
+            return  # positional and keyword tensors mixed: not a form fisherkit can replay
+        if not all(isinstance(t, torch.Tensor) for t in ([x] if isinstance(x, torch.Tensor) else
+                                                          (x.values() if isinstance(x, dict) else x))):
+            return
+        x = map_inputs(x, lambda t: t.detach())
+        if torch.is_grad_enabled() and not self.busy:
+            self.last_x = x
+        if self._active():
+            self._open = Batch(x, None, batch_len(x))
+            self._labels = next((kwargs[k] for k in LABEL_KEYS if isinstance(kwargs.get(k), torch.Tensor)), None)
 
     def _layer(self, i):
         def hook(module, inputs, output):
@@ -101,25 +120,32 @@ class Recorder:
 
         return hook
 
-    def _root(self, module, inputs, output):
+    def _root(self, module, args, kwargs, output):
         b, self._open = self._open, None
         if b is None:
             return
-        check_output(self.lik, output)
-        b.f = output.detach()
+        full = self.adapter.raw_logits(output)
+        logits = self.adapter.logits(output)
+        check_output(self.lik, logits)
+        b.f = logits.detach()
+        labels = self.adapter.labels(self._labels) if getattr(self, "_labels", None) is not None else None
+        mask = self.adapter.mask(labels, self.lik.name)
+        b.mask = mask
         if self.kind == "empirical":
-            if output.requires_grad:
+            if full.requires_grad:  # the loss's own gradient reaches the un-shifted logits
                 def keep(grad, b=b):
-                    b.f_grad = grad.detach()
-                output.register_hook(keep)
+                    b.f_grad = grad.detach()[:, :-1] if self.adapter.shift_labels else grad.detach()
+                full.register_hook(keep)
         else:
             if self.kind == "exact":
                 b.V = exact_directions(self.lik, b.f)
             else:
                 ys = [self.lik.sample(b.f, self.generator) for _ in range(self.mc_samples)]
                 b.V = torch.stack([self.lik.residual(b.f, y) for y in ys]) / self.mc_samples**0.5
+            if mask is not None:
+                b.V = b.V * mask.unsqueeze(0).unsqueeze(-1).to(b.V.dtype)
             if self.need_layers:
-                self._pull_back(b, output)
+                self._pull_back(b, logits)
         self.batch = b
 
     def _pull_back(self, b: Batch, output: torch.Tensor) -> None:

@@ -40,6 +40,7 @@ from ..curvature.implicit import Implicit
 from ..curvature.io import from_tensors, to_tensors
 from ..curvature.blocks import EKronBlock
 from ..engine.functional import persample_grads
+from ..engine.adapters import make_adapter
 from ..engine.record import Recorder
 from ..engine.units import make_plan
 from ..errors import FisherkitError, NonFiniteError
@@ -73,11 +74,15 @@ class Preconditioner:
         generator: the Monte-Carlo labels' randomness — an int seed (default 0) or a ``torch.Generator``
             on the model's device (used as handed over); its state is saved in ``state_dict``.
             ``seed=`` is the older name.
+        output, shift_labels, ignore_index: as for ``fk.fisher`` — models with dict / HF outputs and
+            causal LMs; labels passed as ``model(..., labels=...)`` leave out positions labelled
+            ``ignore_index``.
     """
 
     def __init__(self, model, structure="kfac", kind="mc", likelihood="categorical", damping=1e-3,
                  update_every=1, inv_every=None, ema=0.95, pi_damping=True, mc_samples=1,
-                 loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None, params=None, seed=None):
+                 loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None, params=None, seed=None,
+                 output=None, shift_labels=False, ignore_index=-100):
         if not isinstance(model, torch.nn.Module):
             raise FisherkitError(f"Preconditioner needs the torch.nn.Module being trained; got {type(model).__name__}")
         check_structure(structure, OPTIM_STRUCTURES, OPTIM_REFUSED)
@@ -91,6 +96,7 @@ class Preconditioner:
         check_every("cg_iters", cg_iters)
         check_fraction("ema", ema)
         self.lik = get_likelihood(likelihood)
+        self.adapter = make_adapter(output, shift_labels, ignore_index)  # HF models: logits, causal shift, −100
         self.model, self.structure, self.kind = model, structure, kind
         self.damping, self.update_every, self.inv_every, self.ema = float(damping), update_every, inv_every, ema
         self.pi_damping, self.mc_samples, self.loss_reduction = bool(pi_damping), mc_samples, loss_reduction
@@ -125,7 +131,8 @@ class Preconditioner:
         if hasattr(self, "recorder"):
             self.recorder.remove()
         self.recorder = Recorder(self.model, plan.hook_units, self.lik, self.kind, self.mc_samples, self.generator,
-                                 self.loss_reduction, need_layers=self.structure != "implicit", wanted=self._wanted)
+                                 self.loss_reduction, need_layers=self.structure != "implicit", wanted=self._wanted,
+                                 adapter=self.adapter)
         if self.fallback_names:
             warnings.warn(f"structure={self.structure!r} has no Kronecker factorisation for "
                           f"{', '.join(self.fallback_names)}; these parameters use a diagonal Fisher instead",
@@ -159,7 +166,7 @@ class Preconditioner:
             return {}
         self.recorder.busy = True
         try:
-            return persample_grads(self.model, names, batch.x, batch.V.to(batch.f.dtype))
+            return persample_grads(self.model, names, batch.x, batch.V.to(batch.f.dtype), adapter=self.adapter)
         finally:
             self.recorder.busy = False
 
@@ -265,8 +272,6 @@ class Preconditioner:
         (J v = ∂/∂u ⟨Jᵀu, v⟩, the R-operator of Pearlmutter 1994) and Jᵀw from a backward, so each
         conjugate-gradient iteration costs two backward passes and no new forward.
         """
-        from torch.func import functional_call
-
         names = self.info.names
         V = b.V.to(b.f.dtype)
         dims = tuple(range(2, V.dim()))
@@ -277,7 +282,7 @@ class Preconditioner:
         self.recorder.busy = True
         try:
             with torch.enable_grad():
-                out = functional_call(self.model, ({**fixed, **train}, buffers), (b.x,))
+                out = self.adapter.functional(self.model, ({**fixed, **train}, buffers), b.x)
                 dummy = torch.zeros_like(out, requires_grad=True)
                 jtu = torch.autograd.grad(out, list(train.values()), dummy, create_graph=True, allow_unused=True)
         finally:
