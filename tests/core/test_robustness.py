@@ -98,6 +98,20 @@ def test_float64_vector_into_float32_fisher_is_refused(structure):
     assert torch.isfinite(F.solve(v.float(), 0.1)).all()
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_lossless_upcast_is_done_and_integers_refused(structure):
+    """bf16/fp16 vectors (e.g. a bf16 model's gradient; such models keep float32 Fishers) are cast up
+    losslessly; an integer vector is refused like a float64 one."""
+    m, X, y, P = small()
+    F = fk.fisher(m, (X, y), structure=structure, **({"rank": 3} if structure == "lowrank" else {}))
+    v = torch.linspace(-1, 1, P).to(torch.bfloat16)
+    for half in (torch.bfloat16, torch.float16):
+        got = F.solve(v.to(half), 0.1)
+        assert got.dtype == torch.float32 and torch.equal(got, F.solve(v.to(half).float(), 0.1))
+    with pytest.raises(ShapeError, match="torch.int64 but this Fisher is torch.float32"):
+        F.mv(torch.ones(P, dtype=torch.long))
+
+
 def test_fvp_float64_vector_into_float32_model():
     m, X, y, P = small()
     with pytest.raises(ShapeError, match="v is torch.float64 but the model's parameters are torch.float32"):

@@ -41,7 +41,11 @@ class Curvature:
         if v.dim() != 1 or v.shape[0] != self.info.size:
             raise ShapeError(f"expected a flat vector of {self.info.size} entries (all parameters); got shape {tuple(v.shape)}")
         dtype = getattr(self, "dtype", None)
-        if dtype is not None and v.dtype != dtype:  # no silent cast (as torch's matmul): float64 → float32 loses digits
+        if dtype is not None and v.dtype != dtype:
+            # a lossless upcast is done (a bf16 model's gradient into its float32 Fisher); a cast that would drop
+            # digits (float64 → float32) or change kind (integers) is the user's choice, not a silent one
+            if v.is_floating_point() and torch.promote_types(v.dtype, dtype) == dtype:
+                return v.to(dtype)
             raise ShapeError(f"the vector is {v.dtype} but this Fisher is {dtype}; pass v.to({dtype}) (or compute the "
                              f"Fisher of a model in {v.dtype})")
         return v
@@ -75,7 +79,8 @@ class Curvature:
 
     def quadratic_form(self, v: torch.Tensor) -> torch.Tensor:
         """vᵀ F v (for a displacement d: KL ≈ ½ dᵀ F d)."""
-        return torch.dot(self._check_vec(v), self.mv(v))
+        v = self._check_vec(v)
+        return torch.dot(v, self.mv(v))
 
     def diag(self) -> torch.Tensor:
         return self.to_dense().diagonal().clone()
@@ -178,7 +183,7 @@ class BlockCurvature(Curvature):
         return self._tensor0().device
 
     def _parts(self, v):
-        self._check_vec(v)
+        v = self._check_vec(v)
         return dict(zip(self.info.names, torch.split(v, self.info.numels)))
 
     def _join(self, parts):

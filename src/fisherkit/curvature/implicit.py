@@ -26,12 +26,12 @@ class Implicit(Curvature):
         self.device = device
 
     def mv(self, v):
-        self._check_vec(v)
+        v = self._check_vec(v)
         return sum(c * prod(v) for c, prod in self._terms)
 
     def solve(self, v, damping=0.0, tol: float = 1e-8, max_iter: int | None = None):
         """(F + δI)⁻¹ v by conjugate gradients (δ > 0 required: F of a network is singular)."""
-        self._check_vec(v)
+        v = self._check_vec(v)
         if not math.isfinite(damping) or damping <= 0:
             raise FisherkitError(
                 f"implicit solve needs damping > 0 (a network's Fisher is singular); got {damping}"

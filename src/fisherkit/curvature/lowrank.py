@@ -49,11 +49,11 @@ class LowRank(Curvature):
         return self.values.device
 
     def mv(self, v):
-        self._check_vec(v)
+        v = self._check_vec(v)
         return self.vectors @ (self.values * (self.vectors.T @ v))
 
     def solve(self, v, damping=0.0):
-        self._check_vec(v)
+        v = self._check_vec(v)
         lo = 0.0 if self.rank < self.info.size else float(self.values.min())
         check_damping(damping, lo, float(self.values.max()), f"rank-{self.rank} Fisher")
         c = self.vectors.T @ v
