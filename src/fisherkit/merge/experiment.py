@@ -175,26 +175,34 @@ def format_table(res) -> str:
     return "\n".join(lines)
 
 
-def plot(res, path=None):
-    """Mean task accuracy per variant, one dot per seed, the averaging baseline as a line."""
+def plot(res, path=None, clip=-8.0):
+    """Difference to averaging in mean task accuracy, one dot per seed (bar: the mean); values below
+    ``clip`` points are drawn at the clip line and labelled with their mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     vs = res["variants"]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    avg = [50 * (a[0] + a[1]) for a in res["acc"]["average"]] if "average" in res["acc"] else None
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for i, v in enumerate(vs):
         means = [50 * (a[0] + a[1]) for a in res["acc"][v]]
-        ax.scatter([i] * len(means), means, s=14, color="C0" if "kfac" in v else ("C2" if "diag" in v else "C7"))
-        ax.plot([i - 0.3, i + 0.3], [sum(means) / len(means)] * 2, color="k", lw=1)
-    if "average" in res["acc"]:
-        ax.axhline(sum(50 * (a[0] + a[1]) for a in res["acc"]["average"]) / len(res["acc"]["average"]),
-                   color="C3", ls="--", lw=1, label="averaging (mean)")
+        d = [m - a for m, a in zip(means, avg)] if avg else means
+        color = "C0" if v.startswith("kfac") else ("C2" if v.startswith("diag") else ("C1" if v.startswith("block") else "C7"))
+        shown = [max(x, clip) for x in d]
+        ax.scatter([i] * len(d), shown, s=16, color=color, zorder=3)
+        mean = sum(d) / len(d)
+        ax.plot([i - 0.3, i + 0.3], [max(mean, clip)] * 2, color="k", lw=1.2)
+        if mean < clip:
+            ax.annotate(f"{mean:.0f}", (i, clip), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.axhline(0, color="C3", ls="--", lw=1, label="plain averaging")
+    ax.set_ylim(clip - 0.5, None)
     ax.set_xticks(range(len(vs)))
     ax.set_xticklabels(vs, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mean task accuracy (%)")
-    ax.set_title("Merging two digit fine-tunes: each dot a seed, bar the mean")
+    ax.set_ylabel("mean task accuracy − averaging (points)")
+    ax.set_title(f"Merging two digit fine-tunes ({res.get('ft_epochs', 10)} epochs, lr {res.get('ft_lr', 1e-3)}): "
+                 "each dot a seed, bar the mean", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
