@@ -11,10 +11,22 @@ import sys
 
 import typer
 
-try:  # typer < 0.20 uses click; newer typer vendors it and exposes TyperException
-    from click.exceptions import ClickException as _CliUsageError
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from typer.exceptions import TyperException as _CliUsageError
+
+def _usage_errors() -> tuple[type, ...]:
+    """The exception types of bad options / arguments: typer < 0.20 raises click's, newer typer its
+    vendored copy (``typer._click``) — while a separately installed click may sit beside it, so every
+    one that exists is caught, not the first importable."""
+    found = []
+    for module, name in (("typer._click.exceptions", "ClickException"), ("click.exceptions", "ClickException"),
+                         ("typer.exceptions", "TyperException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_CliUsageError = _usage_errors()
 
 from ._version import __version__
 from .errors import FisherkitError
