@@ -214,14 +214,50 @@ def memory():
     return rows
 
 
+def plot(res, path):
+    """Agreement (max relative difference per quantity) and time per configuration, one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    rows = res.get("agreement", [])
+    labels = [f"{r['structure']} {'LL' if r['subset'] == 'last_layer' else 'all'}{' +b' if r['bias'] else ''}" for r in rows]
+    qs = ("precision", "log_marglik", "probit")
+    for j, q in enumerate(qs):
+        axes[0].bar([i + 0.27 * (j - 1) for i in range(len(rows))], [max(r[q], 1e-17) for r in rows], width=0.27, label=q)
+    axes[0].axhline(1e-6, color="k", lw=0.8, ls="--")
+    axes[0].set_yscale("log")
+    axes[0].set_xticks(range(len(rows)), labels, rotation=60, fontsize=7)
+    axes[0].set_ylabel("max relative difference")
+    axes[0].set_title("fisherkit vs laplace-torch (float64; dashed: 1e-6)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    sp = res.get("speed", [])
+    lab = [f"{r['structure']} {r['subset']}" for r in sp]
+    axes[1].bar([i - 0.2 for i in range(len(sp))], [r["fisherkit_s"] for r in sp], width=0.4, label="fisherkit")
+    axes[1].bar([i + 0.2 for i in range(len(sp))], [r["laplace_torch_s"] for r in sp], width=0.4, label="laplace-torch")
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(range(len(sp)), lab, fontsize=8)
+    axes[1].set_ylabel("seconds (fit + marglik 100 steps + predictive)")
+    axes[1].set_title("time, digits MLP 64-128-128-10, 1 thread", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--memory-child")
     ap.add_argument("--parts", default="agreement,speed,memory")
+    ap.add_argument("--plot", help="only draw the figure from the saved JSON to this PNG path")
     a = ap.parse_args()
     if a.memory_child:
         memory_child(a.memory_child)
+        return
+    if a.plot:
+        plot(json.loads(OUT.read_text()), a.plot)
         return
     import laplace
 
