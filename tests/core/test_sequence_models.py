@@ -190,11 +190,11 @@ def test_one_logit_categorical_is_refused():
         fk.fisher(model, (torch.randn(5, 3, dtype=torch.float64), None))
 
 
-def _hf_llama(tie):
+def _hf_llama(tie, attn="eager"):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
-                                   tie_word_embeddings=tie, attn_implementation="eager")
+                                   tie_word_embeddings=tie, attn_implementation=attn)
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).double().eval()
 
@@ -340,3 +340,14 @@ def test_kfac_reduce_is_exact_when_every_position_sees_the_same_input():
     assert float((eb.to_dense() - ref).norm() / ref.norm()) > 0.05
     with pytest.raises(FisherkitError, match="kfac_approx"):
         fk.fisher(model, (X, None), structure="kfac", kfac_approx="mean")
+
+
+def test_huggingface_sdpa_model_whose_forward_vmap_cannot_batch():
+    """HF's sdpa attention-mask code has data-dependent control flow that vmap over samples refuses:
+    per-sample gradients then loop over samples (directions still batched) and stay exact."""
+    model = _hf_llama(True, attn="sdpa")
+    batch = _batch(n=2)
+    params = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"]
+    F = fk.fisher(model, batch, structure="dense", params=params, shift_labels=True)
+    R = hf_reference(model, batch, F.info.names)
+    torch.testing.assert_close(F.to_dense(), R, rtol=1e-6, atol=1e-6 * float(R.abs().max()))

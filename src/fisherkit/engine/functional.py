@@ -66,6 +66,16 @@ def persample_grads(
         _, pullback = vjp(lambda p: f_single(p, xb), train)
         return vmap(pullback)(vb)[0]
 
+    def looped(xc, vc):
+        """The same, one sample at a time: for models whose forward vmap cannot batch (data-dependent
+        control flow, e.g. HuggingFace attention-mask checks); directions are still one vmap."""
+        rows = []
+        for s in range(vc.shape[1]):
+            xs = slice_inputs(xc, slice(s, s + 1))
+            _, pullback = vjp(lambda p: adapter.functional(model, ({**fixed, **p}, buffers), xs).squeeze(0), train)
+            rows.append(vmap(pullback)(vc[:, s])[0])
+        return {n: torch.stack([r[n] for r in rows]) for n in names}
+
     per = vmap(one_sample, in_dims=(0, 1), randomness="different")
     d, b = v.shape[0], v.shape[1]
     numel = sum(t.numel() for t in train.values())
@@ -74,7 +84,16 @@ def persample_grads(
     pieces = []
     with no_fused_attention():
         for s in range(0, b, chunk):
-            pieces.append(per(slice_inputs(x, slice(s, s + chunk)), v[:, s : s + chunk]))
+            xc, vc = slice_inputs(x, slice(s, s + chunk)), v[:, s : s + chunk]
+            if per is not None:
+                try:
+                    pieces.append(per(xc, vc))
+                    continue
+                except RuntimeError as e:
+                    if "vmap" not in str(e):
+                        raise
+                    per = None  # this model cannot be vmapped over samples: loop from here on
+            pieces.append(looped(xc, vc))
     out = {}
     for n in names:
         g = torch.cat([p[n] for p in pieces], 0) if len(pieces) > 1 else pieces[0][n]
