@@ -19,7 +19,8 @@ from ..errors import FisherkitError, NonFiniteError
 
 FORMAT = "fisherkit.optim.NaturalGradient"
 FORMAT_VERSION = 3  # 2: the curvature as the one stack's Curvature tensors (``Preconditioner.state_dict``)
-# 3: + the grafting second moments (``graft.<param>``); a version-2 file (no grafting state) still loads
+# 3: + the second moments of grafting (``graft.<param>``) and of ``KFACEigenAdam`` (``eigen.<param>``, the
+#    layer's [out, in+1] matrix in the eigenbasis); a version-2 file (neither) still loads
 READABLE = (2, 3)
 
 
@@ -32,9 +33,10 @@ def save(opt, path) -> None:
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum.{n}"] = buf
-        v = opt.state.get(p, {}).get("graft_v")
-        if v is not None:
-            tensors[f"graft.{n}"] = v
+        for key, prefix in (("graft_v", "graft"), ("eigen_v", "eigen")):
+            v = opt.state.get(p, {}).get(key)
+            if v is not None:
+                tensors[f"{prefix}.{n}"] = v
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     meta = {"structure": pre["structure"], "kind": pre["kind"], "names": pre["names"], "layout": pre["layout"],
             "shapes": [list(s) for s in opt.pre.info.shapes], "steps": pre["steps"], "updates": pre["updates"],
@@ -123,6 +125,9 @@ def load(opt, path) -> None:
            "layout": meta["layout"], "steps": meta["steps"],
            "updates": meta["updates"], "damping": meta["damping"], "generator": tensors["generator"],
            "tensors": {k[4:]: v for k, v in tensors.items() if k.startswith("pre.")}}
+    for k, v in tensors.items():  # second moments (format 3): finite, or nothing is loaded
+        if k.startswith(("graft.", "eigen.")) and not (torch.is_floating_point(v) and bool(torch.isfinite(v).all())):
+            raise NonFiniteError(f"{path}: the second moment {k!r} is not finite (NaN or inf); nothing was loaded")
     prepared = opt.pre._prepare_state(pre)
     # everything is checked: assign
     opt.pre._assign_state(prepared)
@@ -133,10 +138,11 @@ def load(opt, path) -> None:
             opt.state[p]["momentum_buffer"] = momentum[n]
         else:
             opt.state[p].pop("momentum_buffer", None)
-    for n, p in opt.pre.params.items():  # grafting second moments (format 3; none in a version-2 file)
-        v = tensors.get(f"graft.{n}")
-        if v is not None and tuple(v.shape) == tuple(p.shape):
-            opt.state[p]["graft_v"] = v.to(device=p.device, dtype=p.dtype)
-        else:
-            opt.state[p].pop("graft_v", None)
+    for n, p in opt.pre.params.items():  # second moments of grafting / KFACEigenAdam (format 3; none in version 2)
+        for key, prefix in (("graft_v", "graft"), ("eigen_v", "eigen")):
+            v = tensors.get(f"{prefix}.{n}")
+            if v is not None:
+                opt.state[p][key] = v.to(device=p.device, dtype=p.dtype)
+            else:
+                opt.state[p].pop(key, None)
     opt.skipped_steps = int(skipped)

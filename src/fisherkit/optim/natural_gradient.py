@@ -174,7 +174,7 @@ class NaturalGradient(torch.optim.Optimizer):
             pre = self.pre
             work = ("inverse" if pre.steps % pre.inv_every == 0 or pre.curvature is None else
                     "stats" if pre.steps % pre.update_every == 0 else "plain")
-        nat = self.pre.compute(grads)
+        nat = self._precondition(grads)
         if self.graft is not None:
             moments = {n: self.state[p]["graft_v"] for n, p in params.items() if "graft_v" in self.state.get(p, {})}
             nat = T.graft(nat, grads, moments, self.graft, self.pre.steps, self.graft_beta2, self.graft_eps)
@@ -209,6 +209,10 @@ class NaturalGradient(torch.optim.Optimizer):
             if work == "inverse":
                 self.amortiser.choose(self.pre)
         return loss
+
+    def _precondition(self, grads: dict) -> dict:
+        """n = (F̂ + λI)⁻¹ g (refreshing the curvature when due); ``KFACEigenAdam`` overrides it."""
+        return self.pre.compute(grads)
 
     def _batch_output(self):
         """The model's output on the current batch (the input of the latest recorded forward), no recording."""
