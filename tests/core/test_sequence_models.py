@@ -351,3 +351,25 @@ def test_huggingface_sdpa_model_whose_forward_vmap_cannot_batch():
     F = fk.fisher(model, batch, structure="dense", params=params, shift_labels=True)
     R = hf_reference(model, batch, F.info.names)
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-6, atol=1e-6 * float(R.abs().max()))
+
+
+def test_gpt2_conv1d_layers_take_the_closed_form_path():
+    """GPT-2's Conv1D (a transposed Linear) and LayerNorms get closed-form per-sample gradients; the
+    Fisher of a block's attention and MLP equals the brute force."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                  attn_implementation="eager", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).double().eval()
+    batch = _batch(n=2)
+    params = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+              "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.ln_2.weight"]
+    from fisherkit.engine.collect import settled_plan
+    from fisherkit.engine.units import make_plan
+
+    chosen = {n: p for n, p in model.named_parameters() if n in params}
+    plan = settled_plan(model, make_plan(model, chosen, elementwise=True), (0, {"input_ids": batch["input_ids"]}, None))
+    assert plan.func_names == []
+    F = fk.fisher(model, batch, structure="dense", params=params, shift_labels=True)
+    R = hf_reference(model, batch, F.info.names)
+    torch.testing.assert_close(F.to_dense(), R, rtol=1e-9, atol=1e-12 * float(R.abs().max()))
