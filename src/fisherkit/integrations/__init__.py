@@ -1,0 +1,1 @@
+"""Optional integrations with other libraries (extra ``[hf]``); each imports its library lazily."""
