@@ -242,8 +242,8 @@ is ‖θ* − θ̄‖/‖θ<sub>A</sub> − θ̄‖ (≤ 1 for any per-coordinat
 <table class="small"><tr><th>merge</th><th>mean task accuracy</th><th>Δ vs averaging</th><th>distance from average</th></tr>{rows}</table>
 <p>tr F<sub>A</sub> / tr F<sub>B</sub> = {ratios}: the more confident fine-tune has the smaller exact Fisher, so the
 paper's merge leans toward the other model; normalising each Fisher, or computing both at the shared start,
-removes that. Non-diagonal Fishers can extrapolate far from the average; merging only the body with KFAC
-Fishers taken at the shared start held up best (see docs/merge_prune.md).</p>"""
+removes that. Non-diagonal Fishers can extrapolate far from the average. On digits the repaired Fisher merges
+reach parity with averaging, not a consistent win (see docs/merge_prune.md).</p>"""
     best = max(numbers["mean_task_accuracy"], key=numbers["mean_task_accuracy"].get)
     headline = (f"merge: averaging {100 * numbers['mean_task_accuracy']['average']:.1f} %, diag Fisher "
                 f"{100 * numbers['mean_task_accuracy'].get('diag', float('nan')):.1f} %, best {best} "
