@@ -192,6 +192,33 @@ def test_block_diagonal_fallback_conv_layers(monkeypatch):
     assert rel(B.to_dense(), ref) < TOL
 
 
+class SeqPool2(nn.Module):
+    """A Linear on [B, T = 2, d] (two shared positions: neither the T = 1 fast path nor a long sequence)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.inner(x)).sum(1))
+
+
+def test_two_position_layer_diagonal_fallback_and_ekfac(monkeypatch):
+    from fisherkit.curvature import block
+
+    torch.manual_seed(0)
+    m = SeqPool2().double().eval()
+    X = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    F = brute_fisher(m, X, None, "categorical", "exact")
+    ref = brute_kfac(m, X, layers(m))
+    assert rel(fk.fisher(m, (X, None), structure="ekfac", batch_size=4).to_dense(), ekfac_dense(m, ref, F)) < 1e-9
+    monkeypatch.setattr(block, "DENSE_BLOCK_LIMIT", 10)  # both layers (16 and 15 parameters) diagonal
+    B = fk.fisher(m, (X, None), structure="block", batch_size=4)
+    assert [b.kind for b in B.blocks] == ["diag", "diag"]
+    assert rel(B.to_dense(), torch.diag(F.diagonal())) < TOL
+
+
 def test_kfac_fallback_diagonal_for_large_non_hooked_module(monkeypatch):
     """KFAC on Embedding + LayerNorm + Linear: the embedding (28 parameters, over a patched limit of 10)
     keeps its diagonal, the LayerNorm (8) a dense block, the head Kronecker factors."""

@@ -119,6 +119,8 @@ def test_ekfac_mc_refit_sees_the_same_labels(model):
         E = fk.fisher(m, (X, None), structure="ekfac", generator=torch.Generator().manual_seed(11), **kw)
         K = fk.fisher(m, (X, None), structure="kfac", generator=torch.Generator().manual_seed(11), **kw)
         B = fk.fisher(m, (X, None), structure="block", generator=torch.Generator().manual_seed(11), **kw).to_dense()
+        for C in (E, K):  # what the result records about itself
+            assert C.kind == "mc" and C.likelihood == LIKS[lik].to_config() and C.num_samples == X.shape[0]
         for b in (b for b in E.blocks if b.kind == "ekron"):
             A, G = K.factors()[b.names[0]]
             for Q, M in ((b.QA, A), (b.QG, G)):
