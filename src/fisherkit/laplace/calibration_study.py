@@ -198,50 +198,52 @@ def calibration_summary(results: dict) -> tuple[dict, str, str]:
     return numbers, text, headline
 
 
-def plot_reliability_diagrams(results: dict, model: str | None = None):
-    """Reliability diagrams (seed 0, the 45° rotation or the middle angle) of every method, one figure."""
+def plot_reliability_diagrams(results: dict):
+    """Reliability diagrams of every method, one panel per model (seed 0, digits rotated by 45°)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = model or next(iter(results["models"]))
-    rel = results["models"][model]["per_seed"][0]["reliability"]
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
-    for m, r in rel.items():
-        pts = [(c, a) for c, a, k in zip(r["confidence"], r["accuracy"], r["counts"]) if k > 0]
-        ax.plot(*zip(*pts), marker="o", ms=3, label=LABELS[m])
-    ax.set_xlabel("confidence (max probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{model.upper()}, rotated test digits, seed {results['seeds'][0]}")
-    ax.legend(fontsize=7, loc="upper left")
+    names = list(results["models"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], names):
+        rel = results["models"][model]["per_seed"][0]["reliability"]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for m, r in rel.items():
+            pts = [(c, a) for c, a, k in zip(r["confidence"], r["accuracy"], r["counts"]) if k > 0]
+            ax.plot(*zip(*pts), marker="o", ms=3, label=LABELS[m])
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{model.upper()}, test digits rotated 45°, seed {results['seeds'][0]}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
 
-def plot_shift_curves(results: dict, model: str | None = None):
-    """ECE and NLL against the rotation angle (mean over seeds) for every method."""
+def plot_shift_curves(results: dict):
+    """ECE and NLL against the rotation angle (mean over seeds) for every method; a row per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = model or next(iter(results["models"]))
-    mu = results["models"][model]["mean"]
+    names = list(results["models"])
     angles = results["angles"]
     keys = [f"rot{a:g}" if a else "clean" for a in angles]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
-    for m in results["methods"]:
-        axes[0].plot(angles, [100 * mu[k][m]["ece"] for k in keys], marker="o", ms=3, label=LABELS[m])
-        axes[1].plot(angles, [mu[k][m]["nll"] for k in keys], marker="o", ms=3, label=LABELS[m])
-    axes[0].set_ylabel("ECE (%)")
-    axes[1].set_ylabel("NLL")
-    for ax in axes:
-        ax.set_xlabel("rotation of the test digits (°)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{model.upper()} on digits, mean over {len(results['seeds'])} seeds", fontsize=9)
+    fig, axes = plt.subplots(len(names), 2, figsize=(8.4, 3.2 * len(names)), squeeze=False)
+    for row, model in zip(axes, names):
+        mu = results["models"][model]["mean"]
+        for m in results["methods"]:
+            row[0].plot(angles, [100 * mu[k][m]["ece"] for k in keys], marker="o", ms=3, label=LABELS[m])
+            row[1].plot(angles, [mu[k][m]["nll"] for k in keys], marker="o", ms=3, label=LABELS[m])
+        row[0].set_ylabel(f"{model.upper()}: ECE (%)")
+        row[1].set_ylabel(f"{model.upper()}: NLL")
+        for ax in row:
+            ax.set_xlabel("rotation of the test digits (°)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"digits, mean over {len(results['seeds'])} seeds, prior by {results.get('tuning', 'marglik')}", fontsize=9)
     fig.tight_layout()
     return fig
