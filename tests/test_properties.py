@@ -31,7 +31,7 @@ CORRUPTIONS = ["none", "nan", "inf", "huge", "features", "label_range", "label_n
 # and that the engine's statistics are not yet checked as they are accumulated (an inf or huge input
 # behind a saturating activation gives a finite output but a NaN diagonal): also drawn for implicit
 # only, until that lands (then test_saturating_activation_is_not_silent XPASSes and fails: remove both)
-ENGINE_PENDING = {"features", "huge", "inf"}
+ENGINE_PENDING: set = set()
 
 
 def build(seed, widths, act, dtype):
@@ -147,8 +147,6 @@ def test_optimizer_step_is_correct_or_a_named_error_and_changes_nothing_when_ref
     assert all(torch.isfinite(p).all() for p in model.parameters()), f"a non-finite step for {how!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="the engine does not yet check statistics as they are accumulated "
-                   "(issue 18 item 2, the lead's part); remove this mark and 'huge'/'inf' from ENGINE_PENDING with it")
 @pytest.mark.parametrize("structure", ["diag", "kfac"])
 @pytest.mark.parametrize("value", [1e20, float("inf")])
 def test_saturating_activation_is_not_silent(structure, value):

@@ -88,3 +88,13 @@ def test_pool_is_data_and_X_pool_still_works():
     with pytest.raises(FisherkitError, match="once"):
         fk.active.egl_scores(m, X, X_pool=X)
     assert torch.equal(fk.active.EGL().select(m, data=X, k=3), fk.active.EGL().select(m, X, 3))
+
+
+def test_fisher_takes_an_int_seed_as_generator():
+    m = _mlp()
+    X = torch.randn(16, 4, dtype=torch.float64)
+    a = fk.fisher(m, (X, None), kind="mc", generator=3).diag()
+    b = fk.fisher(m, (X, None), kind="mc", generator=torch.Generator().manual_seed(3)).diag()
+    assert torch.equal(a, b)
+    for s in ("diag", "implicit"):
+        assert fk.fisher(m, (X, None), kind="exact", structure=s, generator=3).num_samples == 16

@@ -21,7 +21,7 @@ from .distributed import all_reduce_sums
 from .engine.adapters import DEFAULT, batch_len, make_adapter
 from .engine.collect import accumulation_dtype, batch_source, buffers_kept, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
-from .choices import check_choice, check_every, check_kind, check_positive, check_structure
+from .choices import as_generator, check_choice, check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params
 from .engine.units import make_plan
@@ -31,8 +31,10 @@ from .likelihoods import Likelihood, get_likelihood
 
 
 def _seeded_generator(generator, device):
+    """The generator the user handed over (an int seed becomes one); None: a fresh one seeded from the
+    global RNG (one draw — the global stream advances as for any torch random call)."""
     if generator is not None:
-        return generator
+        return as_generator(generator, device=device, owner="fisher")[0]
     g = torch.Generator(device=device)
     g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
     return g
@@ -109,7 +111,8 @@ def fisher(
     cls = STRUCTURE_CLASSES[structure]
     if structure == "dense":
         cls.accumulator.check(info, dtype, max_memory)
-    gen = _dist.rank_generator(_seeded_generator(generator, device), process_group) if kind == "mc" else generator
+    # exact and empirical draw nothing: a generator handed over is left as it is
+    gen = _dist.rank_generator(_seeded_generator(generator, device), process_group) if kind == "mc" else None
 
     if structure == "implicit" or (structure == "lowrank" and not dense_fits(info, dtype, max_memory)):
         imp = _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group,

@@ -157,13 +157,6 @@ def test_implicit_on_a_dict_without_logits_is_named():
         fk.fisher(NoLogits(), (X, y), structure="implicit").mv(torch.ones(8))
 
 
-# Remove this mark with the change it names (these tests pass against it: verified on a copy).
-ENGINE_PENDING = pytest.mark.xfail(
-    strict=True, reason="needs the engine to name a failed model call (errors.model_call_error around "
-    "settle's probe forward and gather's capture_forward in engine/collect.py), proposed in issue 18's report")
-
-
-@ENGINE_PENDING
 @pytest.mark.parametrize("structure", ["diag", "kfac", "dense"])
 @pytest.mark.parametrize("bad", ["integers", "features"])
 def test_fisher_names_inputs_that_do_not_fit_the_model(structure, bad):

@@ -17,9 +17,6 @@ import empty_rank_workers as e
 
 
 # Remove this mark with the change it names (then these tests pass: they were run against it).
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="needs the empty-batch change in engine/record.py (Recorder.finish) and "
-    "optim/preconditioner.py (_ingest, _fit_scalings, _fvp_operator) proposed in issue 18's report")
 
 
 @pytest.fixture(scope="module")

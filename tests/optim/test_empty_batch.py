@@ -11,9 +11,6 @@ import fisherkit as fk
 from .optim_fixtures import classification_data, mlp
 
 # Remove this mark with the change it names (then these tests pass: they were run against it).
-PENDING = pytest.mark.xfail(
-    strict=True, reason="needs the empty-batch change in engine/record.py (Recorder.finish) and "
-    "optim/preconditioner.py (_ingest, _fit_scalings, _fvp_operator) proposed in issue 18's report")
 
 
 def _step(model, opt, X, y):
@@ -22,7 +19,7 @@ def _step(model, opt, X, y):
     opt.step()
 
 
-@pytest.mark.parametrize("structure", [pytest.param(s, marks=PENDING) for s in ("kfac", "ekfac", "diag", "dense")]
+@pytest.mark.parametrize("structure", ["kfac", "ekfac", "diag", "dense"]
                          + ["implicit"])
 def test_empty_batch_keeps_the_estimate(structure):
     model = mlp(seed=3)
@@ -39,7 +36,6 @@ def test_empty_batch_keeps_the_estimate(structure):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@PENDING
 def test_empty_first_batch_is_named():
     model = mlp(seed=3)
     opt = fk.optim.NaturalGradient(model, structure="kfac", update_every=1)

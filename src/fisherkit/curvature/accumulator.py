@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import NonFiniteError
 from .linalg import safe_eigh
 
 
@@ -77,9 +78,21 @@ class Accumulator:
 
     # ---- shared -----------------------------------------------------------------------------
     def add(self, bs) -> None:
-        """Add one ``engine.collect.BatchStats`` (its samples, all its directions)."""
+        """Add one ``engine.collect.BatchStats`` (its samples, all its directions).
+
+        The running sums are checked after every batch (one reduction each): statistics that overflow
+        (inputs of 1e20 behind a saturating activation, say) are named with their batch and layer here,
+        not found later as a NaN trace or an eigendecomposition that fails.
+        """
         self.n += bs.n
         self._add(bs)
+        for key, t in self._sums.items():
+            if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(
+                    f"the Fisher statistics of {key.split(':', 1)[-1]!r} ({key}) are not finite after batch {bs.index}: "
+                    "the inputs of that batch are too large or not finite for this model (check the data, or "
+                    "scale it); nothing was returned"
+                )
 
     def sums(self) -> dict[str, torch.Tensor]:
         """The running sums (what distributed training all-reduces)."""

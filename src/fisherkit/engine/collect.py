@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import FisherkitError, NonFiniteError
+from ..errors import FisherkitError, NonFiniteError, model_call_error
 from ..likelihoods import Likelihood
 from .adapters import DEFAULT, Adapter, batch_len
 from .data import iterate_batches, model_device_dtype
@@ -145,7 +145,14 @@ def batch_source(model: nn.Module, data, batch_size: int | None = None, wrap=Non
 
 def settled_plan(model: nn.Module, plan: Plan, first) -> Plan:
     """``units.settle`` on the first batch from ``batch_source`` (the plan as it is without one)."""
-    return plan if first is None else settle(model, plan, first[1])
+    if first is None:
+        return plan
+    try:
+        return settle(model, plan, first[1])
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:  # the probe forward is the first call of the model on the data
+        raise model_call_error(model, first[1], e, f"batch {first[0]}") from e
 
 
 def gather(
@@ -170,7 +177,12 @@ def gather(
     positions (tokens not labelled ``ignore_index``).
     """
     for i, x, y in _progress(batches, total, progress, description):
-        out, inputs, zs = capture_forward(model, x, plan, adapter)
+        try:
+            out, inputs, zs = capture_forward(model, x, plan, adapter)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # torch's own message, made to say which batch and what the model expects
+            raise model_call_error(model, x, e, f"batch {i}") from e
         units, elems, nh = plan.hook_units, plan.elem_units, len(plan.hook_units)
         if elems and not need_func:  # e.g. EKFAC's refit pass: only the Kronecker layers are needed
             elems, inputs, zs = [], inputs[:nh], zs[:nh]

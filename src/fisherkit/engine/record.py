@@ -172,7 +172,7 @@ class Recorder:
                 raise FisherkitError("the loss backward did not reach the model output; call loss.backward() before step()")
             scale = b.n if self.loss_reduction == "mean" else 1.0
             b.V = (b.f_grad * scale).unsqueeze(0)
-        for i, u in enumerate(self.units):
+        for i, u in enumerate(self.units if b.n > 0 else ()):  # an empty batch (a DDP rank's uneven share): no layer terms
             if len(b.inputs.get(i, [])) != 1 or i not in b.grads:
                 continue
             gz = b.grads[i]

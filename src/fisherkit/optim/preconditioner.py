@@ -185,10 +185,18 @@ class Preconditioner:
         self.last_batch = b
         if self.structure == "implicit":
             return b
-        stats = b.stats(self._func_grads(b, self.plan.func_names))
+        # an empty local batch (uneven data under DDP) contributes zero statistics with count 0
+        stats = b.stats(self._func_grads(b, self.plan.func_names)) if b.n > 0 else None
         batch = self._accumulator()
-        batch.add(stats)
+        if stats is not None:
+            batch.add(stats)
         batch.load_sums(*self._reduce(batch.sums(), batch.n, "NaturalGradient curvature statistics"))
+        if batch.n == 0:  # the global batch is empty: nothing to average in
+            if self.updates == 0:
+                raise FisherkitError("step(): the batch has no samples and there is no curvature estimate yet; "
+                                     "skip empty batches (e.g. DataLoader(drop_last=True))")
+            return b
+        self._empty_rank = stats is None
         self.running.ema(self.ema, batch.scale_(1.0 / batch.n))
         self._last_stats = stats
         self.updates += 1
@@ -208,10 +216,11 @@ class Preconditioner:
         bases = {b.names[0]: (b.eig_factors()[0][1], b.eig_factors()[1][1]) for b in kron}
         old = {b.names[0]: b.S for b in self.curvature.blocks if b.kind == "ekron"} if self.curvature else {}
         s_batch = {}
-        if self._last_stats is not None and kron:
+        if (self._last_stats is not None or getattr(self, "_empty_rank", False)) and kron:
             acc = self._accumulator(EKFACAccumulator)
             acc.set_bases(bases)
-            acc.add(self._last_stats)
+            if self._last_stats is not None:  # an empty rank still takes part in the reduction
+                acc.add(self._last_stats)
             acc.load_sums(*self._reduce(acc.sums(), acc.n, "NaturalGradient EKFAC scalings"))
             s_batch = acc.scalings()
             decay = self.ema if old else 0.0
@@ -231,7 +240,7 @@ class Preconditioner:
                 S = self.ema * old[w] + (1 - self.ema) * s_batch[w]
             blocks.append(EKronBlock(b.names, b.numels, b.out_features, b.has_bias, qa, qg, S))
         self.curvature = EKFAC(self.info, 1, self.kind, self.lik.to_config(), blocks)
-        self._basis_new, self._last_stats = False, None
+        self._basis_new, self._last_stats, self._empty_rank = False, None, False
 
     # ---- the natural gradient ------------------------------------------------------------
     def grads(self) -> dict[str, torch.Tensor]:
@@ -272,6 +281,9 @@ class Preconditioner:
         (J v = ∂/∂u ⟨Jᵀu, v⟩, the R-operator of Pearlmutter 1994) and Jᵀw from a backward, so each
         conjugate-gradient iteration costs two backward passes and no new forward.
         """
+        if b.n == 0:  # an empty local batch: a zero product (its weight in the global mean is 0)
+            op = Implicit(self.info, 0, self.kind, self.lik.to_config(), torch.zeros_like, b.f.dtype, b.f.device)
+            return self.parallel.implicit(op, 0) if self.parallel is not None else op
         names = self.info.names
         V = b.V.to(b.f.dtype)
         dims = tuple(range(2, V.dim()))
