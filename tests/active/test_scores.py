@@ -132,3 +132,33 @@ def test_bad_input():
     no_head = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).double()
     with pytest.raises(FisherkitError, match="nn.Linear"):
         egl_scores(no_head, X, scope="last_layer")
+
+
+def test_egl_with_layernorm_and_embedding_layers_matches_brute_force():
+    """LayerNorm and Embedding take the engine's closed-form path in EGL too: Σ_y p_y ‖∇θ ℓ(x, y)‖² by loops."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(6, 5)
+            self.ln = nn.LayerNorm(5)
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, ids):
+            return self.head(torch.tanh(self.ln(self.emb(ids))).mean(1))
+
+    model = Net().double().eval()
+    X = torch.randint(0, 6, (7, 4))
+    got = egl_scores(model, X)
+    params = [p for p in model.parameters()]
+    want = []
+    for i in range(X.shape[0]):
+        f = model(X[i : i + 1])[0]
+        p = torch.softmax(f, -1)
+        s = 0.0
+        for c in range(3):
+            g = torch.autograd.grad(-torch.log_softmax(f, -1)[c], params, retain_graph=True)
+            s += float(p[c]) * sum(float((t * t).sum()) for t in g)
+        want.append(s)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12)

@@ -94,8 +94,8 @@ def _widest(model: nn.Module) -> int:
 
 def _scores_all(model, X, lik, top_classes, batch_size, params):
     chosen = select_params(model, params)
-    plan = settle(model, make_plan(model, chosen), X[:batch_size])
-    units = plan.hook_units
+    plan = settle(model, make_plan(model, chosen, elementwise=True), X[:batch_size])
+    units, nh = plan.hook_units, len(plan.hook_units)
     pieces = []
     for s in range(0, X.shape[0], batch_size):
         x = X[s : s + batch_size]
@@ -103,14 +103,19 @@ def _scores_all(model, X, lik, top_classes, batch_size, params):
         check_outputs(out, lik.name)
         v, w = label_directions(lik, out, top_classes)
         score = out.new_zeros(x.shape[0])
-        if units:
+        if zs:
             gzs = output_grads(out, zs, v)
-            for u, inp, gz in zip(units, inputs, gzs):
+            for u, inp, gz in zip(units, inputs[:nh], gzs[:nh]):
                 if gz is None:
                     continue
                 a = unit_activations(u, inp)
                 sq = _unit_sqnorm(a, unit_output_grads(u, gz))
                 score += (w * sq).sum(0)
+            for u, inp, gz in zip(plan.elem_units, inputs[nh:], gzs[nh:]):  # LayerNorm, Embedding, ...: closed form
+                if gz is None:
+                    continue
+                for g in u.handler.persample(u.module, inp, gz, u.names).values():
+                    score += (w * g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)).sum(0)
         if plan.func_names:
             grads = persample_grads(model, plan.func_names, x, v)
             for g in grads.values():
