@@ -185,7 +185,8 @@ def calibration_summary(results: dict) -> tuple[dict, str, str]:
     numbers = {m: r["mean"] for m, r in results["models"].items()}
     first = next(iter(results["models"]))
     mu = results["models"][first]["mean"]
-    best = "ll_kfac" if "ll_kfac" in mu["shift"] else results["methods"][-1]
+    laplaces = [m for m in results["methods"] if m in ("ll_diag", "ll_kfac", "kfac")] or list(results["methods"])
+    best = min(laplaces, key=lambda m: mu["shift"][m]["ece"])
     headline = (f"{first.upper()} on rotated digits: ECE {100 * mu['shift']['map']['ece']:.1f} % (MAP) → "
                 f"{100 * mu['shift'][best]['ece']:.1f} % ({LABELS[best]}); NLL {mu['shift']['map']['nll']:.3f} → "
                 f"{mu['shift'][best]['nll']:.3f}")
