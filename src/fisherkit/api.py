@@ -130,7 +130,7 @@ def fisher(
         batches, first = _read(model, data, batch_size, process_group, what)
         plan = settled_plan(model, plan, first)  # explicit: Linear/Conv layers not called once -> torch.func
         acc = cls.accumulator(plan, Meta(kind, lik.to_config(), accumulation_dtype(dtype), device,
-                                         {"rank": rank, "kfac_approx": kfac_approx}))
+                                         {"rank": rank, "kfac_approx": kfac_approx, "max_memory": max_memory}))
         for p in range(acc.passes):
             if p > 0:
                 acc.next_pass(ops)

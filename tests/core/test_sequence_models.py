@@ -373,3 +373,13 @@ def test_gpt2_conv1d_layers_take_the_closed_form_path():
     F = fk.fisher(model, batch, structure="dense", params=params, shift_labels=True)
     R = hf_reference(model, batch, F.info.names)
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-9, atol=1e-12 * float(R.abs().max()))
+
+
+def test_a_kronecker_factor_that_cannot_fit_is_refused_before_any_work():
+    """An LM head over a large vocabulary: its G factor (V × V) is refused with the numbers, not allocated."""
+    model = nn.Sequential(nn.Embedding(50_000, 4), nn.Linear(4, 50_000)).eval()
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(FisherkitError, match=r"50000×50000 Kronecker factor \(9.31 GiB\).*params="):
+        fk.fisher(model, (torch.randint(0, 50_000, (2, 3)), None), structure="kfac", kind="mc")
+    assert len(calls) <= 1  # at most the plan's probe forward ran: no statistics were gathered

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 from ..engine import accumulate as acc
+from ..errors import FisherkitError
 from .base import BlockCurvature
 from .block import BlockAccumulator
 from .blocks import KronBlock
@@ -25,6 +28,18 @@ class KFACAccumulator(BlockAccumulator):
 
     def __init__(self, plan, meta):
         super().__init__(plan, meta)
+        limit = meta.options.get("max_memory")
+        if limit is not None:  # before any work: a factor that cannot fit is refused with its numbers
+            item = torch.finfo(meta.dtype).bits // 8 if meta.dtype.is_floating_point else 4
+            for u in self.kron_units:
+                n = max(u.in_features, u.out_features)
+                if n * n * item > limit:
+                    raise FisherkitError(
+                        f"{self.curvature_class.structure}: layer {u.module_name!r} needs a {n}×{n} Kronecker factor "
+                        f"({n * n * item / 2**30:.2f} GiB) above max_memory={limit / 2**30:.2f} GiB; use "
+                        "structure='diag', leave the layer out with params= (e.g. an LM head over a large "
+                        "vocabulary), or raise max_memory"
+                    )
         if plan.other_names and meta.options.get("warn", True):
             warnings.warn(
                 f"{self.curvature_class.structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
