@@ -88,6 +88,11 @@ def _remove(Hinv, w, rows, q):
     """OBS update and H⁻¹ downdate for removing coordinate q[r] of group rows[r] (in place)."""
     col = Hinv[rows, :, q]  # [r, m]
     dq = Hinv[rows, q, q].clamp_min(1e-300)
+    if rows.numel() == Hinv.shape[0]:  # every group: in-place batched rank-one update, no gather/scatter
+        w.sub_((w[rows, q] / dq)[:, None] * col)
+        w[rows, q] = 0.0
+        Hinv.baddbmm_(col[:, :, None], (col / dq[:, None])[:, None, :], alpha=-1)
+        return
     w[rows] -= (w[rows, q] / dq)[:, None] * col
     w[rows, q] = 0.0
     Hinv[rows] -= col[:, :, None] * col[:, None, :] / dq[:, None, None]
