@@ -98,3 +98,14 @@ def test_fisher_takes_an_int_seed_as_generator():
     assert torch.equal(a, b)
     for s in ("diag", "implicit"):
         assert fk.fisher(m, (X, None), kind="exact", structure=s, generator=3).num_samples == 16
+
+
+def test_fisher_without_a_generator_leaves_the_global_rng_alone_and_is_reproducible():
+    m = _mlp()
+    X = torch.randn(16, 4, dtype=torch.float64)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state().clone()
+    a = fk.fisher(m, (X, None), kind="mc").diag()
+    assert torch.equal(torch.random.get_rng_state(), before)  # read, never advanced
+    torch.manual_seed(5)
+    assert torch.equal(fk.fisher(m, (X, None), kind="mc").diag(), a)

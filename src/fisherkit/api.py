@@ -31,12 +31,16 @@ from .likelihoods import Likelihood, get_likelihood
 
 
 def _seeded_generator(generator, device):
-    """The generator the user handed over (an int seed becomes one); None: a fresh one seeded from the
-    global RNG (one draw — the global stream advances as for any torch random call)."""
+    """The generator the user handed over (an int seed becomes one); None: a fresh one whose seed is a
+    hash of the global RNG's *state* — reproducible under ``torch.manual_seed``, and the global stream
+    is read, never advanced (computing a Fisher does not change the RNG the user did not hand over)."""
     if generator is not None:
         return as_generator(generator, device=device, owner="fisher")[0]
+    import hashlib
+
+    digest = hashlib.blake2b(torch.random.get_rng_state().numpy().tobytes(), digest_size=8).digest()
     g = torch.Generator(device=device)
-    g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    g.manual_seed(int.from_bytes(digest, "little") >> 2)
     return g
 
 

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from ..errors import FisherkitError
-        from ..laplace import calibration_study as study
+        from ..studies import laplace as study
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         model_names = [m.strip() for m in models.split(",") if m.strip()]

@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from . import metrics
-from .laplace import Laplace
+from ..laplace import metrics
+from ..laplace.laplace import Laplace
 
 METHODS = ("map", "ll_diag", "ll_kfac", "kfac", "ensemble")
 LABELS = {"map": "MAP", "ll_diag": "last-layer diag LA", "ll_kfac": "last-layer KFAC LA", "kfac": "all-layer KFAC LA",
