@@ -14,6 +14,7 @@ averaging; the diagnostics (Fisher trace ratio between the two models, their con
     python benchmarks/bench_merge_prune.py              # 3 seeds, everything (~30 min on 2 shared cores)
     python benchmarks/bench_merge_prune.py --quick      # 1 seed, MLP only, fewer variants
     python benchmarks/bench_merge_prune.py --only merge --seeds 5
+    python benchmarks/bench_merge_prune.py --only cost   # Fisher + prune call vs one epoch, seed 0 (~2 min)
 """
 
 from __future__ import annotations
@@ -33,11 +34,44 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK_VARIANTS = ("average", "regmean", "diag", "diag-normalized", "kfac", "kfac-body-at-base")
 
 
+def cost(archs=("mlp", "cnn"), seed=0, sparsity=0.9):
+    """Fisher passes and prune calls as multiples of one training epoch (best of 3), one seed, fixed Fisher."""
+    from fisherkit import datasets, fisher
+    from fisherkit.prune import prune
+
+    out = {}
+    for arch in archs:
+        d = datasets.load("digits", seed=seed)
+        net = prune_ex.train(prune_ex.make_model(arch, seed), d.X_train, d.y_train, 40, seed=seed)
+        epochs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            prune_ex.train(prune_ex.make_model(arch, seed), d.X_train, d.y_train, 1, seed=seed)
+            epochs.append(time.perf_counter() - t)
+        e = min(epochs)
+        weights = [n for n, p in net.named_parameters() if p.dim() > 1]
+        row = {"epoch_seconds": e}
+        for method, structure in (("obd", "diag"), ("kfac", "kfac"), ("woodfisher", "block")):
+            t = time.perf_counter()
+            params = [n for n, _ in net.named_parameters()] if structure == "kfac" else weights
+            F = fisher(net, (d.X_train, d.y_train), structure=structure, params=params, batch_size=256)
+            tf = time.perf_counter() - t
+            t = time.perf_counter()
+            p = prune(net, sparsity=sparsity, method=method, fisher=F, **({"block_size": 64} if method == "woodfisher" else {}))
+            tp = time.perf_counter() - t
+            row[method] = {"fisher_epochs": tf / e, "prune_epochs": tp / e, "accuracy": prune_ex.accuracy(p, d.X_test, d.y_test)}
+        out[arch] = row
+        print(f"{arch}: epoch {1e3 * e:.0f} ms; " + "; ".join(
+            f"{m}: Fisher {v['fisher_epochs']:.1f}×, prune {v['prune_epochs']:.1f}× (acc {100 * v['accuracy']:.1f} %)"
+            for m, v in row.items() if m != "epoch_seconds"), flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 seed, MLP only, 6 merge variants")
-    ap.add_argument("--only", choices=["merge", "prune"], default=None)
+    ap.add_argument("--only", choices=["merge", "prune", "cost"], default=None)
     ap.add_argument("--archs", default="mlp,cnn")
     ap.add_argument("--variants", default=None, help="comma-separated merge variants (default: all)")
     ap.add_argument("--ft-epochs", type=int, default=10, help="merging: fine-tuning epochs per task")
@@ -59,6 +93,8 @@ def main(argv=None):
             print(prune_ex.format_table(res), "\n", flush=True)
             prune_ex.plot(res, figs / f"prune_{arch}.png")
             out["prune"][arch] = res
+    if args.only in (None, "cost"):
+        out["cost"] = cost(("mlp",) if args.quick else tuple(args.archs.split(",")))
     if args.only in (None, "merge"):
         variants = tuple(args.variants.split(",")) if args.variants else (
             QUICK_VARIANTS if args.quick else tuple(merge_ex.VARIANTS))
