@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fisherkit.merge import experiment as merge_ex
-from fisherkit.prune import experiment as prune_ex
+from fisherkit.studies import merge as merge_ex
+from fisherkit.studies import prune as prune_ex
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_VARIANTS = ("average", "regmean", "diag", "diag-normalized", "kfac", "kfac-body-at-base")

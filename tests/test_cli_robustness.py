@@ -61,8 +61,8 @@ def test_fisher_plot_read_only_file_fails_before_computing(tmp_path, spectrum, c
     ("ngd", "fisherkit.studies.ngd", "run_comparison"),
     ("ewc", "fisherkit.studies.continual", "run_stream"),
     ("active", "fisherkit.studies.active", "run_comparison"),
-    ("merge", "fisherkit.merge.experiment", "run"),
-    ("prune", "fisherkit.prune.experiment", "run"),
+    ("merge", "fisherkit.studies.merge", "run"),
+    ("prune", "fisherkit.studies.prune", "run"),
 ])
 def test_out_pointing_at_a_file_fails_before_computing(tmp_path, monkeypatch, capsys, command, module, attr):
     import importlib

@@ -28,7 +28,7 @@ def test_merge_command_bad_input(capsys):
 
 @pytest.mark.slow  # pre-training, two fine-tunes, four Fisher passes, one KFAC dense solve (~1 min)
 def test_report_section_numbers_are_consistent():
-    from fisherkit.merge.experiment import REPORT_QUICK, report
+    from fisherkit.studies.merge import REPORT_QUICK, report
 
     sec = report(quick=True, seed=0)
     n = sec["numbers"]

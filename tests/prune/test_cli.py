@@ -28,7 +28,7 @@ import pytest
 
 @pytest.mark.slow  # trains an MLP and prunes it three ways (~20 s)
 def test_report_section_numbers_match_its_table():
-    from fisherkit.prune.experiment import report
+    from fisherkit.studies.prune import report
 
     sec = report(quick=True, seed=0)
     acc = sec["numbers"]["accuracy"]

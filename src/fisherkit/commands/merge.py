@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         "them with each variant and print per-task test accuracy (mean over seeds, difference to averaging per "
         "seed); with --out, write results.json and merge_variants.png.\n\n"
         "Variants: average, task-arithmetic, regmean, and Fisher merges named <structure>[-body][-at-base]"
-        "[-normalized][-eps<ε>][-empirical] (see fisherkit.merge.experiment.VARIANTS).\n\n"
+        "[-normalized][-eps<ε>][-empirical] (see fisherkit.studies.merge.VARIANTS).\n\n"
         f"Example: {EXAMPLE}",
     )
     def merge(
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from ..errors import FisherkitError
-        from ..merge import experiment as ex
+        from ..studies import merge as ex
 
         names = [v.strip() for v in variants.split(",") if v.strip()] if variants else list(QUICK if quick else ex.VARIANTS)
         bad = [v for v in names if v not in ex.VARIANTS]

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from ..errors import FisherkitError
-        from ..prune import experiment as ex
+        from ..studies import prune as ex
 
         if arch not in ("mlp", "cnn"):
             raise FisherkitError(f"--arch must be mlp or cnn; got {arch!r}")

@@ -5,6 +5,8 @@
   last-layer Laplace).
 * ``InputDropout``: dropout of rate p on the input of every ``nn.Linear`` but the first (MC dropout
   for models without Dropout layers, as BALD needs).
+* ``mask_gradients``: tensor hooks multiplying parameters' gradients by 0/1 masks (pruned weights
+  stay pruned while training).
 """
 
 from __future__ import annotations
@@ -64,3 +66,12 @@ class InputDropout:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def mask_gradients(params: dict, masks: dict) -> list:
+    """Register ``grad ↦ grad · mask`` on each named parameter; returns the hook handles (``.remove()``)."""
+    handles = []
+    for n, m in masks.items():
+        keep = m.to(params[n].dtype)
+        handles.append(params[n].register_hook(lambda g, keep=keep: g * keep))
+    return handles

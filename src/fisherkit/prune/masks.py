@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.taps import mask_gradients
 from ._checks import PruneError
 
 ATTR = "fisherkit_masks"
@@ -59,11 +60,7 @@ class keep_masked:
         self.mask = masks(model) if mask is None else dict(mask)
         if not self.mask:
             raise PruneError("the model has no masks; prune it with fisherkit.prune.prune first (or pass mask=)")
-        named = dict(model.named_parameters())
-        self._handles = []
-        for n, m in self.mask.items():
-            keep = m.to(named[n].dtype)
-            self._handles.append(named[n].register_hook(lambda g, keep=keep: g * keep))
+        self._handles = mask_gradients(dict(model.named_parameters()), self.mask)  # the engine registers hooks
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: apply_masks(model, self.mask)))
         apply_masks(model, self.mask)

@@ -116,7 +116,7 @@ def ordered_sections() -> list[SectionSpec]:
 
 
 def _load_all() -> None:
-    from . import applications, geometry, likelihood, spectrum  # noqa: F401  (registers)
+    from . import applications, geometry, likelihood, sensitivity, spectrum  # noqa: F401  (registers)
 
 
 def resolve(names: Iterable[str] | None) -> list[SectionSpec]:

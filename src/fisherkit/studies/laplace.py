@@ -132,7 +132,7 @@ def run_calibration(quick: bool = True, seed: int = 0, seeds=None, models=None, 
                     for split, (X, y) in tests.items():
                         p = p_clean if split == "clean" else fn(X)
                         res["splits"].setdefault(split, {})[m] = metrics.summary(p, y)
-                        if split == f"rot{angles[len(angles) // 2 + 1]:g}" or split == "rot45":
+                        if split == f"rot{angles[min(len(angles) - 1, len(angles) // 2 + 1)]:g}" or split == "rot45":
                             res.setdefault("reliability", {})[m] = metrics.reliability(p, y)
                     shifted = [k for k in tests if k != "clean"]
                     res["splits"].setdefault("shift", {})[m] = {

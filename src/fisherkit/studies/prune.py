@@ -12,8 +12,8 @@ import time
 import torch
 from torch import nn
 
-from .core import prune
-from .masks import keep_masked
+from ..prune.core import prune
+from ..prune.masks import keep_masked
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 # (label, method, options)

@@ -14,8 +14,8 @@ import time
 import torch
 from torch import nn
 
-from ..prune.experiment import accuracy, make_model, train
-from .core import merge_parameters
+from .prune import accuracy, make_model, train
+from ..merge.core import merge_parameters
 
 HEAD = "4"  # the shared head of make_model("mlp"): parameters 4.weight, 4.bias
 VARIANTS = {
@@ -115,7 +115,7 @@ def diagnostics(models, trains, fishers):
 
 def run(seeds=(0, 1, 2), variants=tuple(VARIANTS), progress=None, ft_epochs=10, ft_lr=1e-3) -> dict:
     """res['acc'][variant] = [[acc task A, acc task B] per seed]; plus the fine-tunes and diagnostics."""
-    from .core import fishers_for
+    from ..merge.core import fishers_for
 
     res = {"seeds": list(seeds), "variants": list(variants), "ft_epochs": ft_epochs, "ft_lr": ft_lr,
            "acc": {v: [] for v in variants}, "extrapolation": {v: [] for v in variants},
