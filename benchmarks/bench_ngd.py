@@ -179,7 +179,7 @@ def median_or_none(xs):
     return statistics.median(ok) if len(ok) * 2 >= len(xs) and ok else None
 
 
-def run_task(name, methods, seeds, quick, log):
+def run_task(name, methods, seeds, quick, log, lrs=None):
     task = TASKS[name]()
     steps = (QUICK_STEPS if quick else STEPS)[name]
     every = EVAL_EVERY[name]
@@ -188,6 +188,8 @@ def run_task(name, methods, seeds, quick, log):
     out = {"steps": steps, "eval_every": every, "methods": {}}
     for m in methods:
         grid = (QUICK_LR[m.split(":")[0]],) if quick else ABLATION_GRID.get(m, GRIDS[m.split(":")[0]])
+        if lrs and m in lrs.get(name, {}):  # --lrs-from: the rate an earlier grid run chose (timing re-runs)
+            grid = (lrs[name][m],)
         trials = {lr: safe_train(task, m, lr, seeds[0], steps, every) for lr in grid}
         lr = min(trials, key=lambda k: final(trials[k]))
         curves = [trials[lr]] + [safe_train(task, m, lr, s, steps, every) for s in seeds[1:]]
@@ -336,6 +338,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--figures", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--lrs-from", type=Path, nargs="+", default=None,
+                    help="result JSON files whose chosen learning rates are reused (no grid): a re-timing run")
     ap.add_argument("--render", type=Path, nargs="+", default=None,
                     help="re-render tables (and figures) from result JSON files instead of running")
     args = ap.parse_args(argv)
@@ -363,9 +367,14 @@ def main(argv=None) -> int:
 
     res = {"quick": args.quick, "seeds": seeds, "methods": methods, "kfac_settings": KFAC, "grids": GRIDS,
            "torch_threads": 1, "heavyball": heavyball_available(), "tasks": {}}
+    lrs = {}
+    for path in args.lrs_from or []:
+        for name, t in json.loads(path.read_text())["tasks"].items():
+            lrs.setdefault(name, {}).update({m: r["lr"] for m, r in t["methods"].items()})
+    res["lrs_from"] = [str(p) for p in args.lrs_from or []]
     for name in args.tasks.split(","):
         log(f"task {name}")
-        res["tasks"][name] = run_task(name, methods, seeds, args.quick, log)
+        res["tasks"][name] = run_task(name, methods, seeds, args.quick, log, lrs)
     if args.ablation:
         log("ablation on cnn")
         res["ablation"] = run_task("cnn", ["adamw"] + list(ABLATION), seeds, args.quick, log)
