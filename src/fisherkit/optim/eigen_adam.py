@@ -29,8 +29,8 @@ from .natural_gradient import NaturalGradient
 class KFACEigenAdam(NaturalGradient):
     """``NaturalGradient(structure="kfac")`` with Adam's second moment as the eigenbasis scaling.
 
-    Args (beyond ``NaturalGradient``'s; ``structure`` is always ``"kfac"``; ``damping`` only damps
-    the factors' eigendecompositions' use elsewhere, e.g. ``quad``):
+    Args (beyond ``NaturalGradient``'s; ``structure`` is always ``"kfac"``; ``damping`` does not enter
+    the step — ε plays its role — and ``graft`` would only rescale Adam's length to Adam's):
         beta2: decay of the second moment in the eigenbasis, in [0, 1).
         eps: ε added to √v̂.
     """
