@@ -16,7 +16,7 @@ import typer
 
 EXAMPLE = "fisherkit demo --quick --out report"
 # kept literal so that `fisherkit --help` need not import the sections (a test checks it matches)
-SECTION_NAMES = "1 likelihood, 2 geometry, 3 natural_gradient, 4 continual, 5 active, 6 spectrum"
+SECTION_NAMES = "1 likelihood, 2 geometry, 3 natural_gradient, 4 continual, 5 active, 6 spectrum, 7 laplace, 8 sensitivity"
 
 
 def _console():
