@@ -20,10 +20,7 @@ def test_no_warning_when_every_layer_is_factored():
 
 
 @pytest.mark.parametrize("structure", [
-    pytest.param("kfac", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: curvature/kfac.py KFACAccumulator.__init__ warns with stacklevel=4, right only when reached through "
-        "EKFACAccumulator.__init__; for structure='kfac' the warning names the caller's caller"))),
-    "ekfac"])
+    "kfac", "ekfac"])
 def test_one_warning_naming_the_fallback_at_the_callers_line(structure):
     m, X = make("ln_emb")
     with warnings.catch_warnings(record=True) as caught:

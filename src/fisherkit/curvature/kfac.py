@@ -9,6 +9,8 @@ so no P × P matrix is formed. Other layers are dense blocks (small) or diagonal
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import torch
@@ -18,6 +20,16 @@ from ..errors import FisherkitError
 from .base import BlockCurvature
 from .block import BlockAccumulator
 from .blocks import KronBlock
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` that names the first frame outside fisherkit (the user's call), however deep
+    the call arrived (fisher -> EKFAC -> KFAC accumulators, EWC -> fisher, ...)."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class KFACAccumulator(BlockAccumulator):
@@ -44,7 +56,7 @@ class KFACAccumulator(BlockAccumulator):
             warnings.warn(
                 f"{self.curvature_class.structure}: no Kronecker factorisation for {plan.describe_fallback()}; "
                 "these parameters fall back to a dense block (small) or a diagonal (large)",
-                stacklevel=4,
+                stacklevel=_callers_level(),
             )
 
     def factors(self, sums, n) -> dict:
