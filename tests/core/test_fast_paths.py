@@ -79,3 +79,12 @@ def test_structures_match_brute_force(name, structure):
         D = C.to_dense()
         ref = F if structure == "dense" else F * (D != 0)
         assert rel(D, ref) < TOL and rel(D.diagonal(), F.diagonal()) < TOL
+
+
+def test_linear_only_dense_in_sample_chunks(monkeypatch):
+    """gram_add_kron_ splits a batch into chunks of samples when the [B, I·I'] products get large; with
+    its chunk size patched down to 64 bytes every sample is its own chunk: the sum must not change."""
+    m, X = build("mlp")
+    F = brute_fisher(m, X, None, "categorical", "exact")
+    monkeypatch.setattr(accumulate.gram_add_kron_, "__defaults__", (64.0,))
+    assert rel(fk.fisher(m, (X, None), structure="dense", batch_size=4).to_dense(), F) < TOL
