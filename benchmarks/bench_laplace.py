@@ -3,8 +3,8 @@
 Runs both libraries on the same model and data, in the same process; needs laplace-torch, so run
 it from a separate venv (see docs/laplace.md):
 
-    /work/laplace-venv/bin/python benchmarks/bench_laplace.py            # all parts
-    /work/laplace-venv/bin/python benchmarks/bench_laplace.py --quick    # fewer repeats
+    .venv-laplace/bin/python benchmarks/bench_laplace.py            # all parts
+    .venv-laplace/bin/python benchmarks/bench_laplace.py --quick    # fewer repeats
 
 1. Agreement (float64, digits, MLP 64-32-10 with and without biases): posterior precision (diag:
    the vector; kron/full: the dense matrix), log marginal likelihood, log det of the posterior

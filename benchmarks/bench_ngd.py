@@ -15,7 +15,7 @@ Protocol (every number a ratio to AdamW from the same run):
   momentum, damping rule, trust region, EKFAC, schedule).
 
     python benchmarks/bench_ngd.py --quick                    # ~5 minutes on 2 cores
-    /work/bench17-venv/bin/python benchmarks/bench_ngd.py --tasks cnn,lm --seeds 2 --ablation
+    .venv-bench/bin/python benchmarks/bench_ngd.py --tasks cnn,lm --seeds 2 --ablation
 
 writes ``benchmarks/results/bench_ngd[_quick].json`` and the figures ``docs/figures/ngd_<task>.png``.
 """
