@@ -28,14 +28,6 @@ def split_unit(u: HookUnit, m: torch.Tensor) -> dict[str, torch.Tensor]:
     return {u.weight: m.reshape(*lead, *u.weight_shape)}
 
 
-def combine_unit(u: HookUnit, tensors: dict[str, torch.Tensor], lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """Inverse of ``split_unit``: weight ``[..., *w]`` (and bias) → ``[..., O, I]``."""
-    w = tensors[u.weight].reshape(*lead, u.out_features, -1)
-    if u.bias:
-        return torch.cat([w, tensors[u.bias].reshape(*lead, u.out_features, 1)], dim=-1)
-    return w
-
-
 def diag_sums(bs: BatchStats) -> dict[str, torch.Tensor]:
     """Σ_n Σ_d g² per parameter. For Linear layers without shared positions: (Σ_d g²)ᵀ(ã²), no per-sample tensors."""
     out: dict[str, torch.Tensor] = {}
@@ -63,7 +55,7 @@ def diag_add(bs: BatchStats, sums: dict[str, torch.Tensor]) -> None:
 
     For Linear layers without shared positions this is (Σ_d g_d²)ᵀ(ã²): the sum over directions is
     taken before the one matmul, which accumulates straight into the running sum (``addmm_``).
-    torch.func parameters get ``sums[name] += Σ g²``. Split with ``split_sums`` at the end.
+    torch.func parameters get ``sums[name] += Σ g²``. ``flat_diag`` turns them into the flat diagonal.
     """
     for u, a, g in bs.hook:
         if a.shape[1] == 1:
@@ -80,15 +72,6 @@ def diag_add(bs: BatchStats, sums: dict[str, torch.Tensor]) -> None:
             _add_(sums, u.weight, (hook_persample(a, g) ** 2).sum((0, 1)))
     for n, g in bs.func.items():
         _add_(sums, n, (g * g).sum((0, 1)))
-
-
-def split_sums(units: list[HookUnit], sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-parameter tensors from ``diag_add``'s sums (combined ``[O, I]`` matrices split into weight and bias)."""
-    out = dict(sums)
-    for u in units:
-        if u.weight in out:
-            out.update(split_unit(u, out.pop(u.weight)))
-    return out
 
 
 def flat_diag(units: list[HookUnit], sums: dict[str, torch.Tensor], info: ParamInfo, n: int) -> torch.Tensor:
@@ -177,14 +160,6 @@ def persample_flat(bs: BatchStats, info: ParamInfo, names: list[str] | None = No
         t = parts[n]
         cols.append(t.reshape(t.shape[0] * t.shape[1], -1))
     return torch.cat(cols, dim=1)
-
-
-def kfac_sums(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A = Σ_n (1/T) Σ_t ã ãᵀ and G = Σ_n Σ_d Σ_t g gᵀ (KFAC-expand for shared positions)."""
-    t = a.shape[1]
-    a2 = a.reshape(-1, a.shape[-1])
-    g2 = g.reshape(-1, g.shape[-1])
-    return a2.T @ a2 / t, g2.T @ g2
 
 
 SYM_BLOCK = 256  # column-block width of the symmetric Gram accumulation
