@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from .training import train_classifier
 from ..laplace import metrics
 from ..laplace.laplace import Laplace
 
@@ -45,17 +46,8 @@ def make_model(name: str, seed: int) -> nn.Module:
 
 
 def train(model, X, y, epochs: int, seed: int, lr=1e-3, weight_decay=5e-4, batch=64):
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=g)
-        for i in range(0, len(X), batch):
-            idx = perm[i : i + batch]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train_classifier(model, X, y, epochs, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay).eval()
 
 
 def _splits(seed: int, angles):

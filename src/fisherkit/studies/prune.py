@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+from .training import train_classifier
 from ..prune.core import prune
 from ..prune.masks import keep_masked
 
@@ -43,19 +44,7 @@ def make_model(arch: str, seed: int) -> nn.Module:
 
 def train(model, X, y, epochs, lr=1e-3, batch=64, seed=0, guard=None):
     """Adam on cross-entropy, seeded shuffles; ``guard`` keeps masks applied (a keep_masked factory)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    handle = guard(model, opt) if guard else None
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=g)
-        for s in range(0, len(X), batch):
-            idx = perm[s : s + batch]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-    if handle:
-        handle.remove()
-    return model
+    return train_classifier(model, X, y, epochs, lr=lr, batch=batch, seed=seed, guard=guard)
 
 
 @torch.no_grad()
