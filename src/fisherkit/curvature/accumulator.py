@@ -86,8 +86,10 @@ class Accumulator:
         """
         self.n += bs.n
         self._add(bs)
+        if not self._sums or bool(torch.isfinite(sum(t.sum() for t in self._sums.values()))):
+            return  # one reduction per sum and a single check per batch
         for key, t in self._sums.items():
-            if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            if not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(
                     f"the Fisher statistics of {key.split(':', 1)[-1]!r} ({key}) are not finite after batch {bs.index}: "
                     "the inputs of that batch are too large or not finite for this model (check the data, or "

@@ -194,17 +194,20 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     parameters move to the torch.func path. The probe forward runs without gradients on a copy of
     the buffers, so nothing of the model changes (BatchNorm running statistics included).
     """
-    if not plan.hook_units or x is None:
+    if not plan.units or x is None:
         return plan
-    from .adapters import as_call_args, slice_inputs
+    from .adapters import call, slice_inputs
     from .functional import no_fused_attention
 
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    args, kwargs = as_call_args(slice_inputs(x, slice(0, 8)))
+    saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics in train mode
     units = plan.units
-    with Capture(units) as cap, torch.no_grad(), no_fused_attention():
-        torch.func.functional_call(model, (params, buffers), args, kwargs)
+    try:
+        with Capture(units) as cap, torch.no_grad(), no_fused_attention():
+            call(model, slice_inputs(x, slice(0, 8)))
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
     bad = cap.misfired()
     for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
         if isinstance(u, ElemUnit) and all(u is not b for b in bad):
