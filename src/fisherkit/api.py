@@ -6,7 +6,6 @@ Jacobian of the model output and Λₙ the Fisher of the likelihood in output sp
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -18,7 +17,7 @@ from .curvature.implicit import Implicit
 from .curvature.lowrank import LowRank
 from . import distributed as _dist
 from .distributed import all_reduce_sums
-from .engine.adapters import DEFAULT, batch_len, make_adapter
+from .engine.adapters import DEFAULT, batch_len, input_tensors, make_adapter, sample_count
 from .engine.collect import accumulation_dtype, batch_source, buffers_kept, check_batchnorm, gather, settled_plan
 from .engine.data import iterate_batches, model_device_dtype
 from .choices import as_generator, check_choice, check_every, check_kind, check_positive, check_structure
@@ -197,10 +196,7 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
     for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group, what):
         if kind == "empirical" and y is None:
             raise FisherkitError(f"kind='empirical' needs labels, but batch {i} has none")
-        y = adapter.labels(y)
-        mask = adapter.mask(y, lik.name)
-        if mask is not None:
-            y = y.masked_fill(~mask, 0)
+        y, mask = adapter.prepare_labels(y, lik.name)
         try:
             f, g = jvp_vjp(model, info.names, x, v, _weight_fn(lik, kind, y, mc_samples, gen, mask), adapter)
             flat = torch.cat([g[k].reshape(-1) for k in info.names])
@@ -214,7 +210,7 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
                 _dist.announce_failure(err, process_group, what)
             raise err from (None if err is e else e)
         total = flat if total is None else total + flat
-        n += _count(x, y, f, mask, per_token)
+        n += sample_count(x, f, mask, per_token)
     if _dist.world_size(process_group) == 1:
         return total / n, n
     sums = {"fv": total} if total is not None else {}
@@ -224,8 +220,7 @@ def _fvp_flat(model, data, v_flat, lik, kind, mc_samples, seed, info, batch_size
 
 def _nonfinite_batch(i, x, f, what) -> NonFiniteError:
     """Name the batch and say where the NaN/inf came from: the inputs, the outputs, or the backward."""
-    bad_in = [t for t in ([x] if isinstance(x, torch.Tensor) else list(x.values()) if isinstance(x, dict) else list(x))
-              if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad_in = [t for t in input_tensors(x) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad_in:
         rows = torch.nonzero(~torch.isfinite(bad_in[0]).reshape(bad_in[0].shape[0], -1).all(1)).flatten()[:5].tolist()
         where = f"its inputs hold NaN or inf (rows {rows})"
@@ -238,25 +233,17 @@ def _nonfinite_batch(i, x, f, what) -> NonFiniteError:
                           "(e.g. torch.nan_to_num, or scale the inputs) and try again")
 
 
-def _count(x, y, f, mask, per_token):
-    if not per_token:
-        return batch_len(x)
-    return int(mask.sum()) if mask is not None else int(math.prod(f.shape[:-1]))
-
-
 def _implicit(model, data, lik, kind, mc_samples, gen, info, batch_size, dtype, device, process_group=None,
               adapter=DEFAULT, per_token=False):
     seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()) if gen is not None else 0
     n = 0
     for i, x, y in _dist.local_batches(iterate_batches(data, batch_size, device, dtype), process_group,
                                        "implicit Fisher"):
-        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-               for t in ([x] if isinstance(x, torch.Tensor) else x.values() if isinstance(x, dict) else x)):
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in input_tensors(x)):
             raise _nonfinite_batch(i, x, None, "implicit Fisher")
         if per_token:  # counted positions need the output's shape: one forward without gradients
-            yy = adapter.labels(y)
             with torch.no_grad():
-                n += _count(x, yy, adapter.forward(model, x), adapter.mask(yy, lik.name), True)
+                n += sample_count(x, adapter.forward(model, x), adapter.prepare_labels(y, lik.name)[1], True)
         else:
             n += batch_len(x)
 

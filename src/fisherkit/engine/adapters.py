@@ -20,6 +20,7 @@ their first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,7 +33,8 @@ LABEL_KEYS = ("labels", "label", "y")
 IGNORE_INDEX = -100
 
 
-def _tensors(x):
+def input_tensors(x) -> list[torch.Tensor]:
+    """The tensors of an input (a tensor, a tuple/list or a mapping), in order."""
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, Mapping):
@@ -44,7 +46,7 @@ def _tensors(x):
 
 def batch_len(x) -> int:
     """Number of rows (samples) of an input: the leading dimension of its first tensor."""
-    ts = _tensors(x)
+    ts = input_tensors(x)
     if not ts:
         raise FisherkitError(f"the inputs hold no tensor (got {type(x).__name__})")
     n = ts[0].shape[0] if ts[0].dim() else 1
@@ -52,6 +54,24 @@ def batch_len(x) -> int:
         if t.dim() and t.shape[0] != n:
             raise ShapeError(f"the input tensors disagree on the batch size ({n} vs {t.shape[0]})")
     return int(n)
+
+
+def is_inputs(x) -> bool:
+    """A tensor, or a non-empty tuple/list/mapping of tensors only."""
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, Mapping):
+        return bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return bool(x) and all(isinstance(v, torch.Tensor) for v in x)
+    return False
+
+
+def sample_count(x, f: torch.Tensor, mask: torch.Tensor | None, per_token: bool) -> int:
+    """What a batch adds to N: its rows, or with ``per_token`` its counted output positions."""
+    if not per_token:
+        return batch_len(x)
+    return int(mask.sum()) if mask is not None else int(math.prod(f.shape[:-1]))
 
 
 def map_inputs(x, fn):
@@ -144,6 +164,13 @@ class Adapter:
         if y.dim() < 2:
             raise ShapeError(f"shift_labels=True needs sequence labels [B, T]; got {tuple(y.shape)}")
         return y[:, 1:]
+
+    def prepare_labels(self, y: torch.Tensor | None, lik_name: str):
+        """``(labels, mask)`` aligned with the logits: shifted, and positions labelled ``ignore_index``
+        given a valid placeholder label (0) with ``mask`` False there (None when every position counts)."""
+        y = self.labels(y)
+        mask = self.mask(y, lik_name)
+        return (y if mask is None else y.masked_fill(~mask, 0)), mask
 
     def mask(self, y: torch.Tensor | None, lik_name: str) -> torch.Tensor | None:
         """Positions that count (``[B, *E]`` bool), or None when all do."""

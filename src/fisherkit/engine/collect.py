@@ -8,7 +8,6 @@ parameter the per-sample gradients ``[D, B, *shape]``. ``engine.accumulate`` tur
 from __future__ import annotations
 
 import contextlib
-import math
 
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from ..errors import FisherkitError, NonFiniteError, model_call_error
 from ..likelihoods import Likelihood
-from .adapters import DEFAULT, Adapter, batch_len
+from .adapters import DEFAULT, Adapter, sample_count
 from .data import iterate_batches, model_device_dtype
 from .directions import directions
 from .functional import persample_grads
@@ -186,14 +185,10 @@ def gather(
         units, elems, nh = plan.hook_units, plan.elem_units, len(plan.hook_units)
         if elems and not need_func:  # e.g. EKFAC's refit pass: only the Kronecker layers are needed
             elems, inputs, zs = [], inputs[:nh], zs[:nh]
-        y = adapter.labels(y)
-        mask = adapter.mask(y, lik.name)
-        y_ok = y if mask is None else y.masked_fill(~mask, 0)  # ignored positions: any valid label, zeroed below
+        y_ok, mask = adapter.prepare_labels(y, lik.name)  # ignored positions: a valid label, zeroed below
         lik.check(out, y_ok if kind == "empirical" or mask is not None else None, i)
         v = directions(lik, out, y_ok, kind, mc_samples, generator, i, mask=mask)
-        count = batch_len(x)
-        if per_token:
-            count = int(mask.sum()) if mask is not None else int(math.prod(out.shape[:-1]))
+        count = sample_count(x, out, mask, per_token)
         acts = [_wide(unit_activations(u, a)) for u, a in zip(units, inputs[:nh])]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.

@@ -14,17 +14,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from ..errors import FisherkitError, ShapeError
-from .adapters import LABEL_KEYS, _tensors, batch_len, map_inputs, slice_inputs
-
-
-def _is_inputs(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, Mapping):
-        return bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
-    if isinstance(x, (tuple, list)):
-        return bool(x) and all(isinstance(v, torch.Tensor) for v in x)
-    return False
+from .adapters import LABEL_KEYS, batch_len, is_inputs, map_inputs, slice_inputs
 
 
 def _split_mapping(batch: Mapping):
@@ -38,7 +28,7 @@ def _split_batch(batch, index: int):
         return batch, None
     if isinstance(batch, Mapping):
         x, y = _split_mapping(batch)
-        if not x or not _is_inputs(x):
+        if not x or not is_inputs(x):
             raise FisherkitError(f"batch {index} is a mapping without tensor inputs (keys {list(batch.keys())})")
         if y is not None and not isinstance(y, torch.Tensor):
             raise FisherkitError(f"batch {index}: its labels are a {type(y).__name__}, not a tensor")
@@ -46,7 +36,7 @@ def _split_batch(batch, index: int):
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         x = batch[0]
         y = batch[1] if len(batch) > 1 else None
-        if not _is_inputs(x) or (y is not None and not isinstance(y, torch.Tensor)):
+        if not is_inputs(x) or (y is not None and not isinstance(y, torch.Tensor)):
             raise FisherkitError(f"batch {index} does not hold tensors (got {type(x).__name__}, {type(y).__name__})")
         return x, y
     raise FisherkitError(f"batch {index} is a {type(batch).__name__}; expected an (inputs, labels) pair of tensors")
@@ -54,10 +44,10 @@ def _split_batch(batch, index: int):
 
 def _whole(data):
     """(X, y) when ``data`` is one whole dataset rather than an iterable of batches, else None."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and _is_inputs(data[0]) and \
+    if isinstance(data, (tuple, list)) and len(data) == 2 and is_inputs(data[0]) and \
             (isinstance(data[1], torch.Tensor) or data[1] is None) and not isinstance(data[0], (tuple, list)):
         return data[0], data[1]
-    if isinstance(data, Mapping) and _is_inputs(data):
+    if isinstance(data, Mapping) and is_inputs(data):
         return _split_mapping(data)
     return None
 
@@ -118,5 +108,3 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
             return p.device, p.dtype
     return torch.device("cpu"), torch.get_default_dtype()
 
-
-__all__ = ["iterate_batches", "model_device_dtype", "_tensors"]

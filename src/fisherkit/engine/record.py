@@ -25,7 +25,7 @@ import torch
 
 from ..errors import FisherkitError, NonFiniteError, ShapeError
 from .collect import BatchStats, output_grads
-from .directions import exact_directions
+from .directions import directions
 from .units import unit_activations, unit_output_grads
 
 
@@ -40,7 +40,6 @@ class Batch:
     outputs: dict = field(default_factory=dict)  # unit index -> list of outputs
     grads: dict = field(default_factory=dict)  # unit index -> output grads (empirical)
     f_grad: torch.Tensor | None = None
-    mask: torch.Tensor | None = None  # counted output positions (labels not ignore_index), if labels were seen
 
     def stats(self, func: dict | None = None) -> BatchStats:
         """This batch as the record the curvature accumulators take (``func``: torch.func per-sample grads)."""
@@ -86,7 +85,7 @@ class Recorder:
         return torch.is_grad_enabled() and not self.busy and self.wanted()
 
     def _pre_root(self, module, args, kwargs):
-        from .adapters import LABEL_KEYS, batch_len, map_inputs
+        from .adapters import LABEL_KEYS, batch_len, is_inputs, map_inputs
 
         self._open = None
         kw = {k: v for k, v in kwargs.items() if k not in LABEL_KEYS and isinstance(v, torch.Tensor)}
@@ -96,8 +95,7 @@ class Recorder:
             x = kw
         else:
             return  # positional and keyword tensors mixed: not a form fisherkit can replay
-        if not all(isinstance(t, torch.Tensor) for t in ([x] if isinstance(x, torch.Tensor) else
-                                                          (x.values() if isinstance(x, dict) else x))):
+        if not is_inputs(x):
             return
         x = map_inputs(x, lambda t: t.detach())
         if torch.is_grad_enabled() and not self.busy:
@@ -128,22 +126,15 @@ class Recorder:
         logits = self.adapter.logits(output)
         check_output(self.lik, logits)
         b.f = logits.detach()
-        labels = self.adapter.labels(self._labels) if getattr(self, "_labels", None) is not None else None
-        mask = self.adapter.mask(labels, self.lik.name)
-        b.mask = mask
+        mask = self.adapter.prepare_labels(getattr(self, "_labels", None), self.lik.name)[1]
         if self.kind == "empirical":
             if full.requires_grad:  # the loss's own gradient reaches the un-shifted logits
                 def keep(grad, b=b):
                     b.f_grad = grad.detach()[:, :-1] if self.adapter.shift_labels else grad.detach()
                 full.register_hook(keep)
         else:
-            if self.kind == "exact":
-                b.V = exact_directions(self.lik, b.f)
-            else:
-                ys = [self.lik.sample(b.f, self.generator) for _ in range(self.mc_samples)]
-                b.V = torch.stack([self.lik.residual(b.f, y) for y in ys]) / self.mc_samples**0.5
-            if mask is not None:
-                b.V = b.V * mask.unsqueeze(0).unsqueeze(-1).to(b.V.dtype)
+            # the same output directions as fk.fisher's own loop (exact: Λ's square root; mc: sampled residuals)
+            b.V = directions(self.lik, b.f, None, self.kind, self.mc_samples, self.generator, mask=mask)
             if self.need_layers:
                 self._pull_back(b, logits)
         self.batch = b
