@@ -31,13 +31,16 @@ class BlockAccumulator(Accumulator):
 
     def __init__(self, plan, meta):
         super().__init__(plan, meta)
-        info = self.info
         self.kron_units = list(plan.hook_units) if self.kron else []
         self._kron_ids = {id(u) for u in self.kron_units}
         self.groups = ([] if self.kron else [u.names for u in plan.hook_units]) + module_groups(plan.other_names)
-        self.big = [g for g in self.groups if sum(info.numels[info.index(x)] for x in g) > DENSE_BLOCK_LIMIT]
+        self.big = [g for g in self.groups if sum(self.numels(g)) > DENSE_BLOCK_LIMIT]
         if meta.options.get("fallback") == "diag":  # the optimizer: a diagonal for what is not factored
             self.big = list(self.groups)
+
+    def numels(self, names) -> list[int]:
+        """Sizes of the named parameters."""
+        return [self.info.numels[self.info.index(x)] for x in names]
 
     def _add(self, bs):
         for u, a, g in bs.hook:
@@ -54,9 +57,9 @@ class BlockAccumulator(Accumulator):
                 self._add_to("g:" + grp[0], u.T @ u)
 
     def _other_blocks(self, sums, n) -> list:
-        info, blocks = self.info, []
+        blocks = []
         for grp in self.groups:
-            numels = [info.numels[info.index(x)] for x in grp]
+            numels = self.numels(grp)
             if grp in self.big:
                 blocks.append(DiagBlock(grp, numels, torch.cat([sums[f"d:{x}"] for x in grp]) / n))
             else:

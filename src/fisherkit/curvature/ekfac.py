@@ -57,7 +57,7 @@ class EKFACAccumulator(KFACAccumulator):
         info, blocks = self.info, []
         for u in self.kron_units:
             qa, qg = self.bases[u.weight]
-            numels = [info.numels[info.index(x)] for x in u.names]
+            numels = self.numels(u.names)
             blocks.append(EKronBlock(u.names, numels, u.out_features, bool(u.bias), qa, qg, s[u.weight]))
         return EKFAC(info, n1, self.meta.kind, self.meta.likelihood, self._ordered(blocks + others))
 
