@@ -107,8 +107,8 @@ def test_kfac_fallback_warns_and_stays_exact_on_other_layers():
     assert rel(K.to_dense()[:blk, :blk], ref[:blk, :blk]) < 1e-10
 
 
-def test_attention_out_proj_falls_back_to_torch_func(cases):
-    """MultiheadAttention calls F.linear on out_proj directly, bypassing its hooks: still exact."""
+def test_attention_diag_is_exact(cases):
+    """MultiheadAttention's packed in-projection and out_proj go through engine/attention.py: still exact."""
     m, X, y, F, _ = cases["attention", "categorical"]
     D = fk.fisher(m, (X, y), structure="diag")
     assert rel(D.diag(), F.diagonal()) < 1e-10
@@ -116,19 +116,26 @@ def test_attention_out_proj_falls_back_to_torch_func(cases):
 
 @pytest.mark.parametrize("structure", ["kfac", "ekfac", "block"])
 def test_structures_on_attention_keep_every_parameter(cases, structure):
-    """MultiheadAttention bypasses out_proj's hooks; its parameters still land in exact dense/diag blocks."""
+    """Every parameter of a TransformerEncoderLayer lands in a block; the attention projections are
+    Kronecker blocks for kfac/ekfac (tests/core/test_attention.py checks their factors) and exact blocks
+    for block."""
     m, X, y, F, _ = cases["attention", "categorical"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         K = fk.fisher(m, (X, y), structure=structure)
     assert K.info.size == F.shape[0]
     assert sorted(n for b in K.blocks for n in b.names) == sorted(K.info.names)
-    names = [n for n in K.info.names if "out_proj" in n]
-    assert names, "the attention layer's out_proj parameters are missing"
-    idx = torch.cat([torch.arange(o, o + k) for n, o, k in zip(K.info.names, K.info.offsets, K.info.numels)
-                     if n in names])
-    # those parameters are off the hook path, so their block is exact
-    assert rel(K.to_dense()[idx][:, idx], F[idx][:, idx]) < 1e-10
+    names = [n for n in K.info.names if "out_proj" in n or "in_proj" in n]
+    assert len(names) == 4, "the attention layer's projection parameters are missing"
+    kinds = {n: b.kind for b in K.blocks for n in b.names}
+    if structure == "block":  # one exact block per layer (in_proj weight + bias; out_proj weight + bias)
+        for layer in ("in_proj", "out_proj"):
+            idx = torch.cat([torch.arange(o, o + k) for n, o, k in zip(K.info.names, K.info.offsets, K.info.numels)
+                             if n in names and layer in n])
+            assert rel(K.to_dense()[idx][:, idx], F[idx][:, idx]) < 1e-10
+    else:
+        assert {kinds[n] for n in names} == {"kron" if structure == "kfac" else kinds[names[0]]}
+        assert kinds["attn.self_attn.in_proj_weight"] == kinds["head.weight"]
 
 
 @pytest.mark.parametrize("name,mc", [(n, 1) for n in MODELS] + [("mlp", 2), ("cnn", 3), ("tokens", 2)])

@@ -26,7 +26,7 @@ import torch
 from ..errors import FisherkitError, NonFiniteError, ShapeError
 from .collect import BatchStats, output_grads
 from .directions import directions
-from .units import unit_activations, unit_output_grads
+from .units import observe, unit_activations, unit_output_grads
 
 
 @dataclass
@@ -72,8 +72,8 @@ class Recorder:
         self.busy = False  # True while fisherkit itself runs the model (no recording then)
         self._open: Batch | None = None
         self._handles = [model.register_forward_pre_hook(self._pre_root, with_kwargs=True)]
-        for i, u in enumerate(units):
-            self._handles.append(u.module.register_forward_hook(self._layer(i)))
+        self.unmatched: list = []  # attention modules whose recomputation differed from their output
+        self._handles += observe(units, self._layer, check=self.unmatched, check_once=True)
         self._handles.append(model.register_forward_hook(self._root, with_kwargs=True))
 
     def remove(self) -> None:
@@ -104,19 +104,17 @@ class Recorder:
             self._open = Batch(x, None, batch_len(x))
             self._labels = next((kwargs[k] for k in LABEL_KEYS if isinstance(kwargs.get(k), torch.Tensor)), None)
 
-    def _layer(self, i):
-        def hook(module, inputs, output):
-            b = self._open
-            if b is None or not self.need_layers:
-                return
-            b.inputs.setdefault(i, []).append(inputs[0].detach())
-            b.outputs.setdefault(i, []).append(output)
-            if self.kind == "empirical" and output.requires_grad:
-                def keep(grad, i=i, b=b):
-                    b.grads[i] = grad.detach()
-                output.register_hook(keep)
-
-        return hook
+    def _layer(self, i, x, output):
+        """``units[i]`` saw input x and gave output z (``units.observe``)."""
+        b = self._open
+        if b is None or not self.need_layers:
+            return
+        b.inputs.setdefault(i, []).append(x.detach())
+        b.outputs.setdefault(i, []).append(output)
+        if self.kind == "empirical" and output.requires_grad:
+            def keep(grad, i=i, b=b):
+                b.grads[i] = grad.detach()
+            output.register_hook(keep)
 
     def _root(self, module, args, kwargs, output):
         b, self._open = self._open, None
@@ -181,8 +179,11 @@ class Recorder:
         return b
 
     def misfired(self) -> list[int]:
-        """Indices of units whose forward hook did not fire exactly once in the last recorded forward."""
+        """Indices of units whose forward hook did not fire exactly once in the last recorded forward, or
+        whose attention module's recomputation did not reproduce its output (``engine.attention``)."""
         b = self.batch
         if b is None:
             return []
-        return [i for i in range(len(self.units)) if len(b.inputs.get(i, [])) != 1]
+        bad = {id(m) for m in self.unmatched}
+        return [i for i, u in enumerate(self.units)
+                if len(b.inputs.get(i, [])) != 1 or id(getattr(u, "via", None)) in bad]

@@ -4,7 +4,9 @@ A *unit* is a group of parameters whose statistics are gathered together:
 
 * ``HookUnit``: the weight (and bias) of one ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` called
   exactly once per forward. Its per-sample gradient is Σ_t g_t ãᵀ_t, with ã the layer input (conv:
-  unfolded patches) extended by a 1 for the bias, and g the gradient of the layer output.
+  unfolded patches) extended by a 1 for the bias, and g the gradient of the layer output. The packed
+  in-projection of ``nn.MultiheadAttention`` is one too (``engine.attention`` exposes its input and
+  output, and makes the module's ``out_proj`` fire like any Linear).
 * ``ElemUnit``: the parameters of a LayerNorm / RMSNorm / Embedding (``engine.elementwise``),
   whose per-sample gradients follow in closed form from the layer's input and output gradients.
 * every other requested parameter is differentiated per sample with torch.func (``func_names``).
@@ -33,10 +35,16 @@ class HookUnit:
     weight: str
     bias: str | None
     weight_shape: tuple[int, ...]
+    via: nn.Module | None = None  # the MultiheadAttention whose recomputed forward exposes this unit
 
     @property
     def names(self) -> list[str]:
         return [self.weight] + ([self.bias] if self.bias else [])
+
+    @property
+    def linear(self) -> bool:
+        """A Linear map of the last dimension (not a convolution): nn.Linear, or an attention in-projection."""
+        return isinstance(self.module, nn.Linear) or self.module is self.via
 
     @property
     def in_features(self) -> int:  # columns of the combined [W | b] matrix
@@ -120,6 +128,7 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
               elementwise: bool = False) -> Plan:
     """Assign each chosen parameter to a hook unit (Linear/Conv weight [+ bias]), an elementwise unit
     (``elementwise=True``: LayerNorm, RMSNorm, Embedding) or to torch.func."""
+    from . import attention
     from .elementwise import handler_for
 
     info = ParamInfo(list(chosen), [tuple(p.shape) for p in chosen.values()])
@@ -127,6 +136,7 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
     covered: set[str] = set()
     if use_hooks:
         tied = _shared(model)
+        out_proj_of = attention.owners(model)
         for mname, module in model.named_modules():
             prefix = f"{mname}." if mname else ""
             own = {k: p for k, p in module._parameters.items() if p is not None}
@@ -137,7 +147,14 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
                 if w not in chosen:
                     continue
                 has_b = module.bias is not None and b in chosen
-                plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape)))
+                plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape),
+                                                via=out_proj_of.get(id(module))))
+                covered.update([w] + ([b] if has_b else []))
+            elif attention.packed(module) and prefix + "in_proj_weight" in chosen:
+                w, b = prefix + "in_proj_weight", prefix + "in_proj_bias"
+                has_b = module.in_proj_bias is not None and b in chosen
+                plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None,
+                                                tuple(module.in_proj_weight.shape), via=module))
                 covered.update([w] + ([b] if has_b else []))
             elif elementwise and (h := handler_for(module)) is not None:
                 names = {k: prefix + k for k in h.params if k in own and prefix + k in chosen}
@@ -155,26 +172,47 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
     return plan
 
 
+def observe(units: list, on_io, native_without_grad: bool = False, check: list | None = None,
+            check_once: bool = False) -> list:
+    """Hooks calling ``on_io(i, x, z)`` with the input x and output z of ``units[i]`` at each forward; returns
+    their handles. Units exposed by an attention module (``HookUnit.via``) get ``engine.attention``'s
+    recomputation (``native_without_grad`` / ``check`` / ``check_once``: see ``attention.install``)."""
+    from . import attention
+
+    handles, vias = [], {}
+    for i, u in enumerate(units):
+        via = getattr(u, "via", None)
+        if via is not None:
+            vias.setdefault(id(via), [via, None])
+            if u.module is via:
+                vias[id(via)][1] = i
+                continue
+        handles.append(u.module.register_forward_hook(lambda m, inp, out, i=i: on_io(i, inp[0], out)))
+    for via, i in vias.values():
+        record = None if i is None else (lambda x, z, i=i: on_io(i, x, z))
+        handles += attention.install(via, record, native_without_grad, check, check_once)
+    return handles
+
+
 class Capture:
     """Forward hooks recording each hook unit's input and output during one forward pass."""
 
-    def __init__(self, units: list[HookUnit]):
+    def __init__(self, units: list[HookUnit], settling: bool = False):
         self.units = units
         self.inputs: dict[int, list[torch.Tensor]] = {}
         self.outputs: dict[int, list[torch.Tensor]] = {}
+        self.unmatched: list[nn.Module] = []  # attention modules whose recomputation differs (settling)
+        self._settling = settling
         self._handles = []
 
     def __enter__(self):
-        for i, u in enumerate(self.units):
-            self._handles.append(u.module.register_forward_hook(self._hook(i)))
+        self._handles = observe(self.units, self._record, native_without_grad=not self._settling,
+                                check=self.unmatched if self._settling else None)
         return self
 
-    def _hook(self, i):
-        def hook(module, inputs, output):
-            self.inputs.setdefault(i, []).append(inputs[0].detach())
-            self.outputs.setdefault(i, []).append(output)
-
-        return hook
+    def _record(self, i, x, z):
+        self.inputs.setdefault(i, []).append(x.detach())
+        self.outputs.setdefault(i, []).append(z)
 
     def __exit__(self, *exc):
         for h in self._handles:
@@ -182,33 +220,63 @@ class Capture:
         self._handles.clear()
 
     def misfired(self) -> list[HookUnit]:
-        """Units called zero times (bypassed, e.g. MultiheadAttention's out_proj) or several times."""
-        return [u for i, u in enumerate(self.units) if len(self.inputs.get(i, [])) != 1]
+        """Units called zero times (bypassed) or several times, and units of an attention module whose
+        recomputation did not reproduce its output."""
+        bad = {id(m) for m in self.unmatched}
+        return [u for i, u in enumerate(self.units)
+                if len(self.inputs.get(i, [])) != 1 or id(getattr(u, "via", None)) in bad]
 
 
-def settle(model: nn.Module, plan: Plan, x) -> Plan:
-    """The plan for this model, settled on one forward of (the first rows of) a batch ``x``.
-
-    A Linear/Conv layer whose hook fires zero times (bypassed, e.g. ``MultiheadAttention.out_proj``)
-    or several times (a layer reused) cannot be factored from one (input, output) pair: its
-    parameters move to the torch.func path. The probe forward runs without gradients on a copy of
-    the buffers, so nothing of the model changes (BatchNorm running statistics included).
-    """
-    if not plan.units or x is None:
-        return plan
+def _probe(model: nn.Module, units: list, x, rows: int) -> "Capture":
+    """One forward of the first ``rows`` rows of ``x`` with the units observed; nothing of the model changes."""
     from .adapters import call, slice_inputs
     from .functional import no_fused_attention
 
     saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics in train mode
-    units = plan.units
-    try:
-        with Capture(units) as cap, torch.no_grad(), no_fused_attention():
-            call(model, slice_inputs(x, slice(0, 8)))
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:  # the random streams too: a model in training mode (the optimizer's) may draw dropout masks
+        with torch.random.fork_rng(devices=cuda), Capture(units, settling=True) as cap, torch.no_grad(), \
+                no_fused_attention():
+            call(model, slice_inputs(x, slice(0, rows)))
     finally:
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
+    return cap
+
+
+def _positional(u) -> bool:
+    """Whether the unit's input may carry positions before or after the samples ([B, T, d] or [T, B, d])."""
+    if isinstance(u, HookUnit):
+        return u.linear
+    return True
+
+
+def settle(model: nn.Module, plan: Plan, x) -> Plan:
+    """The plan for this model, settled on forwards of (the first rows of) a batch ``x``.
+
+    A Linear/Conv layer whose hook fires zero times (bypassed) or several times (a layer reused)
+    cannot be factored from one (input, output) pair, and one whose input does not have the samples
+    as its first dimension (a sequence-first ``[T, B, d]`` layout inside the model, or samples
+    flattened with positions) cannot be summed per sample from it: their parameters move to the
+    torch.func path, which is right for any layout. The samples' dimension is found by two probe
+    forwards of r and r − 1 rows (a dimension of size r that is not the samples' would have to
+    shrink with them). The probes run without gradients on a copy of the buffers, so nothing of the
+    model changes (BatchNorm running statistics included).
+    """
+    if not plan.units or x is None:
+        return plan
+    from .adapters import batch_len
+
+    units = plan.units
+    rows = min(batch_len(x), 8)
+    cap = _probe(model, units, x, rows)
     bad = cap.misfired()
+    bad += [u for i, u in enumerate(units) if u not in bad and cap.inputs[i][0].shape[0] != rows]
+    if rows >= 2 and any(_positional(u) and cap.inputs[i][0].dim() >= 2 for i, u in enumerate(units) if u not in bad):
+        cap2 = _probe(model, units, x, rows - 1)
+        bad += [u for i, u in enumerate(units) if u not in bad and
+                (len(cap2.inputs.get(i, [])) != 1 or cap2.inputs[i][0].shape[0] != rows - 1)]
     for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
         if isinstance(u, ElemUnit) and all(u is not b for b in bad):
             try:
@@ -247,7 +315,7 @@ def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
 def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:
     """ã of shape [B, T, I]: the layer input (conv: unfolded patches) with a 1 appended for the bias."""
     m = unit.module
-    if isinstance(m, nn.Linear):
+    if unit.linear:
         a = x.reshape(x.shape[0], -1, x.shape[-1])
     else:
         if isinstance(m, nn.Conv1d):
@@ -268,6 +336,6 @@ def unit_output_grads(unit: HookUnit, gz: torch.Tensor) -> torch.Tensor:
     """Output gradients [D, B, *out_shape] → [D, B, T, O] with T the positions sharing the weight."""
     m = unit.module
     d, b = gz.shape[:2]
-    if isinstance(m, nn.Linear):
+    if unit.linear:
         return gz.reshape(d, b, -1, gz.shape[-1])
     return gz.reshape(d, b, gz.shape[2], -1).transpose(2, 3)
