@@ -20,6 +20,25 @@ def hook_persample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.einsum("dbto,bti->dboi", g, a)
 
 
+def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**25) -> torch.Tensor:
+    """Σ_n Σ_d (Σ_t g_{d,n,t} ã_{n,t}ᵀ)² elementwise, [O, I], for layers shared over T > 1 positions.
+
+    The per-sample gradients are formed a few samples at a time as one ``bmm`` per chunk in [n, d·o, i]
+    layout (no permuted copy of the output), squared in place and summed: the [D, B, O, I] tensor is
+    never held whole (peak ≈ ``chunk_bytes``)."""
+    d, b, t, o = g.shape
+    i = a.shape[-1]
+    gp = g.permute(1, 0, 3, 2).reshape(b, d * o, t)  # [B, D·O, T]
+    step = max(1, int(chunk_bytes // max(1, d * o * i * g.element_size())))
+    out = None
+    for s in range(0, b, step):
+        ps = torch.bmm(gp[s : s + step], a[s : s + step].to(g.dtype))  # [n, D·O, I]
+        ps.mul_(ps)
+        part = ps.sum(0)
+        out = part if out is None else out.add_(part)
+    return out.view(d, o, i).sum(0)
+
+
 def split_unit(u: HookUnit, m: torch.Tensor) -> dict[str, torch.Tensor]:
     """Split a combined ``[..., O, I]`` tensor into the unit's weight ``[..., *w]`` and bias ``[..., O]``."""
     lead = m.shape[:-2]
@@ -35,7 +54,7 @@ def diag_sums(bs: BatchStats) -> dict[str, torch.Tensor]:
         if a.shape[1] == 1:
             sq = torch.einsum("bo,bi->oi", (g[:, :, 0] ** 2).sum(0), a[:, 0] ** 2)
         else:
-            sq = (hook_persample(a, g) ** 2).sum((0, 1))
+            sq = persample_sq_sum(a, g)
         out.update(split_unit(u, sq))
     for n, g in bs.func.items():
         out[n] = (g**2).sum((0, 1))
@@ -69,7 +88,7 @@ def diag_add(bs: BatchStats, sums: dict[str, torch.Tensor]) -> None:
             else:
                 prev.addmm_(s.T, a2)
         else:
-            _add_(sums, u.weight, (hook_persample(a, g) ** 2).sum((0, 1)))
+            _add_(sums, u.weight, persample_sq_sum(a, g))
     for n, g in bs.func.items():
         _add_(sums, n, (g * g).sum((0, 1)))
 
@@ -228,4 +247,4 @@ def ekfac_sums(a: torch.Tensor, g: torch.Tensor, qa: torch.Tensor, qg: torch.Ten
     rg = g @ qg
     if a.shape[1] == 1:
         return torch.einsum("bo,bi->oi", (rg[:, :, 0] ** 2).sum(0), ra[:, 0] ** 2)
-    return (hook_persample(ra, rg) ** 2).sum((0, 1))
+    return persample_sq_sum(ra, rg)
