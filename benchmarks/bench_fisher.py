@@ -30,8 +30,9 @@ from common import BATCH, batches, build, median_time, paired_time, plain_epoch 
 
 import fisherkit as fk  # noqa: E402
 
-MODELS = ("M1", "M2", "M3", "M4")
-QUICK_N = {"M1": None, "M2": 1024, "M3": 256, "M4": 256}  # None: the full data (M1 is cheap)
+MODELS = ("M1", "M2", "M3", "M4", "M5", "M5hf")
+DECODERS = ("M5", "M5hf")  # causal LMs on the offline character text (decoder.py)
+QUICK_N = {"M1": None, "M2": 1024, "M3": 256, "M4": 256, "M5": 32, "M5hf": 32}  # None: the full data (M1 is cheap)
 # EKFAC on M3 needs the eigendecomposition of its last layer's 18,433 × 18,433 input factor (minutes, GBs)
 SKIP = {("M3", "ekfac")}
 # the same 18,433² factor makes every KFAC on M3 cost minutes: of the peers, only BackPACK runs it
@@ -102,6 +103,10 @@ def func_path_methods(name, model, X, y):
 
 
 def time_model(name, args, log):
+    if name in DECODERS:
+        from decoder import time_decoder  # noqa: PLC0415
+
+        return time_decoder(name, args, log)
     torch.manual_seed(0)
     model, X, y = build(name, args.samples or (QUICK_N[name] if args.quick else None))
     data = batches(X, y)
@@ -181,7 +186,9 @@ def machine_info():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced data, no low-rank, few memory probes")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of M1,M2,M3,M4")
+    p.add_argument("--models", default=",".join(MODELS[:4]),
+                   help="comma-separated subset of M1,M2,M3,M4,M5,M5hf (default M1–M4; M5 = the GPT-2-style decoder, "
+                        "M5hf = the same size as HuggingFace GPT2LMHeadModel; see decoder.py)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 3 quick, 5 full)")
     p.add_argument("--no-peers", action="store_true", help="fisherkit and the plain epoch only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -191,13 +198,18 @@ def main(argv=None):
     p.add_argument("--skip", default="", help="comma-separated method keys to skip, e.g. lowrank,dense,ekfac")
     p.add_argument("--out", default=None, help="JSON file to write (default benchmarks/results[-quick].json)")
     p.add_argument("--markdown", default=None, help="also write the tables into this Markdown file (between bench markers)")
+    p.add_argument("--section", default="bench",
+                   help="marker name of the Markdown block to rewrite (<!-- NAME:start --> … <!-- NAME:end -->)")
     p.add_argument("--memory-only", default=None, metavar="JSON",
                    help="re-run only the memory probes and update this results file (and --markdown)")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.probe:
-        from memory import probe  # noqa: PLC0415
+        if args.probe.split(":")[0] in DECODERS:
+            from decoder import probe  # noqa: PLC0415
+        else:
+            from memory import probe  # noqa: PLC0415
 
         print(json.dumps(probe(args.probe, args.quick)))
         return 0
@@ -229,7 +241,11 @@ def main(argv=None):
         f"{args.threads} thread(s), float32, batch {BATCH}, median of {args.repeats} after 1 warm-up")
     for name in models:
         report["models"].append(time_model(name, args, log))
-    if not args.no_memory:
+    if not args.no_memory and any(m in DECODERS for m in models):
+        from decoder import memory_section as decoder_memory  # noqa: PLC0415
+
+        report["memory_decoders"] = {m: decoder_memory(m, args.quick, log) for m in models if m in DECODERS}
+    if not args.no_memory and not set(models) <= {"M4", *DECODERS}:
         from memory import memory_section, streaming  # noqa: PLC0415
 
         report["memory"] = memory_section(args.quick, args.no_peers, log)
@@ -241,9 +257,14 @@ def main(argv=None):
     out.write_text(json.dumps(report, indent=1, default=float))
     log(f"\nwrote {out}")
     if args.markdown:
-        from report import write_markdown  # noqa: PLC0415
+        if args.section == "bench":
+            from report import write_markdown  # noqa: PLC0415
 
-        write_markdown(report, Path(args.markdown))
+            write_markdown(report, Path(args.markdown))
+        else:  # the transformer tables (M4, M5) in their own block
+            from decoder import write_section  # noqa: PLC0415
+
+            write_section(report, Path(args.markdown), args.section)
         log(f"wrote the tables into {args.markdown}")
     return 0
 

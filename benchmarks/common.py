@@ -36,6 +36,71 @@ class TransformerClassifier(nn.Module):
         return self.head(self.encoder(h).mean(1))
 
 
+class DecoderBlock(nn.Module):
+    """GPT-2's block in plain PyTorch: pre-norm causal self-attention with ``nn.Linear`` q/k/v/out, GELU MLP (4d)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+        self.fc, self.proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, T, d = x.shape
+        h = self.ln_1(x)
+        q, k, v = (m(h).reshape(B, T, self.heads, d // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.transpose(1, 2).reshape(B, T, d))
+        return x + self.proj(nn.functional.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class Decoder(nn.Module):
+    """M5: a GPT-2-style causal decoder in plain PyTorch (token + position ``nn.Embedding``, blocks, final
+    LayerNorm, an untied ``nn.Linear`` LM head) returning logits [B, T, V]."""
+
+    def __init__(self, vocab: int, d: int = 256, heads: int = 8, layers: int = 4, context: int = 128):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.h = nn.Sequential(*[DecoderBlock(d, heads) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab)
+        for m in self.modules():  # GPT-2's initialisation
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear):
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, tokens):
+        h = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
+        return self.lm_head(self.ln_f(self.h(h)))
+
+
+M5_CONTEXT, M5_BATCH = 128, 8
+
+
+def hf_gpt2(vocab: int, d: int = 256, heads: int = 8, layers: int = 4, context: int = M5_CONTEXT):
+    """M5-HF: HuggingFace ``GPT2LMHeadModel`` from a random ``GPT2Config`` of M5's size (tied LM head,
+    ``Conv1D`` projections, eager attention, no dropout); returns logits [B, T, V] through ``output="logits"``."""
+    import transformers
+
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=d, n_layer=layers, n_head=heads,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def char_windows(n: int, seed: int = 0, context: int = M5_CONTEXT):
+    """``n`` random windows of the offline character-level text (``ngd_tasks``: the standard library's own
+    source): inputs [n, context] and the next characters [n, context] as labels; and the vocabulary size."""
+    from ngd_tasks import _text
+
+    train, _, vocab = _text()
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(train) - context - 1, (n,), generator=g)
+    w = train[starts[:, None] + torch.arange(context + 1)]
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous(), vocab
+
+
 def _digits(n: int | None):
     from fisherkit.datasets import load
 
@@ -46,7 +111,9 @@ def _digits(n: int | None):
 
 
 def build(name: str, n: int | None = None, seed: int = 0):
-    """(model, X, y) for M1–M4 (float32, eval mode). ``n`` overrides the number of samples (quick runs)."""
+    """(model, X, y) for M1–M5 (float32, eval mode). ``n`` overrides the number of samples (quick runs).
+
+    M5 / M5hf are causal LMs on the offline character text: X the tokens [n, 128], y the next tokens."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     if name == "M1":
@@ -68,8 +135,12 @@ def build(name: str, n: int | None = None, seed: int = 0):
         model = TransformerClassifier()
         X = torch.randint(0, 100, (n, 32), generator=g)
         y = torch.randint(0, CLASSES, (n,), generator=g)
+    elif name in ("M5", "M5hf"):
+        X, y, vocab = char_windows(n or 128, seed)
+        torch.manual_seed(seed)
+        model = Decoder(vocab) if name == "M5" else hf_gpt2(vocab)
     else:
-        raise ValueError(f"unknown model {name!r}; use M1, M2, M3 or M4")
+        raise ValueError(f"unknown model {name!r}; use M1, M2, M3, M4, M5 or M5hf")
     return model.float().eval(), X, y
 
 
@@ -79,16 +150,28 @@ def big_mlp(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(784, 3000), nn.ReLU(), nn.Linear(3000, 2500), nn.ReLU(), nn.Linear(2500, CLASSES))
 
 
+def batch_size(name: str) -> int:
+    """Batch 8 sequences of 128 tokens for the decoders (M5), 128 samples otherwise."""
+    return M5_BATCH if name.startswith("M5") else BATCH
+
+
+def logits_of(out):
+    """The logits of a model output (HF ``ModelOutput`` → ``.logits``)."""
+    return out if isinstance(out, torch.Tensor) else out["logits"]
+
+
 def batches(X, y, bs: int = BATCH):
     return [(X[s : s + bs], y[s : s + bs]) for s in range(0, X.shape[0], bs)]
 
 
 def plain_epoch(model, data):
-    """The cost floor: one forward + backward (mean cross-entropy) per batch, gradients discarded."""
+    """The cost floor: one forward + backward (mean cross-entropy, over tokens for [B, T, V] logits) per
+    batch, gradients discarded."""
     loss_fn = nn.CrossEntropyLoss()
     for x, y in data:
         model.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        f = logits_of(model(x))
+        loss_fn(f.reshape(-1, f.shape[-1]), y.reshape(-1)).backward()
     model.zero_grad(set_to_none=True)
 
 
