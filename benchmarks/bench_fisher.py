@@ -198,6 +198,9 @@ def main(argv=None):
     p.add_argument("--skip", default="", help="comma-separated method keys to skip, e.g. lowrank,dense,ekfac")
     p.add_argument("--out", default=None, help="JSON file to write (default benchmarks/results[-quick].json)")
     p.add_argument("--markdown", default=None, help="also write the tables into this Markdown file (between bench markers)")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="also put the models (and decoder memory) of this earlier results file into --markdown, e.g. "
+                        "M5hf run in the venv that has transformers while M5 runs in the one that has curvlinops")
     p.add_argument("--section", default="bench",
                    help="marker name of the Markdown block to rewrite (<!-- NAME:start --> … <!-- NAME:end -->)")
     p.add_argument("--memory-only", default=None, metavar="JSON",
@@ -252,6 +255,12 @@ def main(argv=None):
         ns = args.stream_samples if args.stream_samples is not None else (4096 if args.quick else 100_000)
         if ns:
             report["streaming"] = streaming(ns, log, args.quick)
+    if args.merge:
+        other = json.loads(Path(args.merge).read_text())
+        report["models"] += [m for m in other["models"] if m["model"] not in models]
+        report.setdefault("memory_decoders", {}).update(
+            {k: v for k, v in other.get("memory_decoders", {}).items() if k not in models})
+        report["merged"] = dict(file=args.merge, date=other["machine"]["date"], versions=other["machine"]["versions"])
     out = Path(args.out) if args.out else HERE / ("results-quick.json" if args.quick else "results.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=float))
