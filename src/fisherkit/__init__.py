@@ -1,11 +1,11 @@
 """fisherkit: Fisher information made practical.
 
-Top-level names: ``fisher``, ``fvp``, ``kl_divergence``, ``load``, the likelihoods, and the
+Top-level names: ``fisher``, ``fvp``, ``kl_divergence``, ``load``, ``memory_estimate``, the likelihoods, and the
 subpackages ``stats``, ``optim``, ``continual``, ``active``.
 """
 
 from ._version import __version__
-from .api import fisher, fvp, kl_divergence, load
+from .api import fisher, fvp, kl_divergence, load, memory_estimate
 from .errors import FisherkitError
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from .curvature import Curvature
@@ -23,6 +23,7 @@ def __getattr__(name):  # subpackages load on first use: `import fisherkit` stay
     raise AttributeError(f"module 'fisherkit' has no attribute {name!r}")
 
 __all__ = [
-    "__version__", "FisherkitError", "fisher", "fvp", "kl_divergence", "load", "Likelihood", "Categorical",
+    "__version__", "FisherkitError", "fisher", "fvp", "kl_divergence", "load", "memory_estimate", "Likelihood",
+    "Categorical",
     "Gaussian", "Bernoulli", "Curvature", "stats",
 ]

@@ -380,6 +380,7 @@ def test_a_kronecker_factor_that_cannot_fit_is_refused_before_any_work():
     model = nn.Sequential(nn.Embedding(50_000, 4), nn.Linear(4, 50_000)).eval()
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
-    with pytest.raises(FisherkitError, match=r"50000×50000 Kronecker factor \(9.31 GiB\).*params="):
+    # refused by the per-factor max_memory check, or (machines with < 21 GiB free) by the total estimate first
+    with pytest.raises(FisherkitError, match=r"(50000×50000 Kronecker factor \(9.31 GiB\)|needs about 18.63 GiB).*params="):
         fk.fisher(model, (torch.randint(0, 50_000, (2, 3)), None), structure="kfac", kind="mc")
     assert len(calls) <= 2  # at most the plan's two probe forwards (r and r − 1 rows) ran: no statistics gathered

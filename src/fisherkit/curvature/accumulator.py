@@ -70,6 +70,13 @@ class Accumulator:
         self.consume = True  # finish may free and overwrite the sums (fisher(); an optimizer sets False)
 
     # ---- filled by each structure ---------------------------------------------------------
+    @classmethod
+    def storage(cls, plan, options: dict) -> int:
+        """Number of floats this structure holds at its peak (running sums and the finished matrix), before
+        any data is read: ``curvature.memory`` turns it into bytes and refuses what cannot fit. Diagonal:
+        the P sums and the flat P-vector."""
+        return 2 * plan.info.size
+
     def _add(self, bs) -> None:
         raise NotImplementedError
 

@@ -7,6 +7,8 @@ module, and a block over more than ``DENSE_BLOCK_LIMIT`` parameters keeps only i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..engine import accumulate as acc
@@ -38,6 +40,24 @@ class BlockAccumulator(Accumulator):
         if meta.options.get("fallback") == "diag":  # the optimizer: a diagonal for what is not factored
             self.big = list(self.groups)
 
+    @classmethod
+    def storage(cls, plan, options):
+        """A g × g block per layer of g ≤ DENSE_BLOCK_LIMIT parameters (g above: its diagonal); KFAC's
+        layers I² + O² each (``kron_storage``). Sums and finished blocks: twice that."""
+        kron = list(plan.hook_units) if cls.kron else []
+        groups = ([] if cls.kron else [u.names for u in plan.hook_units]) + module_groups(plan.other_names)
+        diag_only = options.get("fallback") == "diag"
+        total = sum(cls.kron_storage(u) for u in kron)
+        for g in groups:
+            k = sum(plan.info.numels[plan.info.index(x)] for x in g)
+            total += k if diag_only or k > DENSE_BLOCK_LIMIT else k * k
+        return 2 * total
+
+    @staticmethod
+    def kron_storage(u) -> int:
+        """Floats of one Kronecker layer's factors A (I × I) and G (O × O)."""
+        return u.in_features**2 + u.out_features**2
+
     def numels(self, names) -> list[int]:
         """Sizes of the named parameters."""
         return [self.info.numels[self.info.index(x)] for x in names]
@@ -47,7 +67,8 @@ class BlockAccumulator(Accumulator):
             if id(u) in self._kron_ids:
                 acc.kfac_add(a, g, self._sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first,
                              approx=self.meta.options.get("kfac_approx", "expand"))
-        d = acc.diag_sums(bs) if self.big else None  # once per batch
+        # once per batch; KFAC's own layers are Kronecker factors, so their diagonal is not needed
+        d = acc.diag_sums(replace(bs, hook=[]) if self.kron else bs) if self.big else None
         for grp in self.groups:
             if grp in self.big:
                 for x in grp:

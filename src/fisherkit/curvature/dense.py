@@ -21,6 +21,11 @@ class DenseAccumulator(Accumulator):
     (``engine.accumulate.gram_add_kron_``)."""
 
     @classmethod
+    def storage(cls, plan, options):
+        """The P × P Gram and its mirrored copy."""
+        return 2 * plan.info.size**2
+
+    @classmethod
     def check(cls, info, dtype, max_memory):
         if not dense_fits(info, dtype, max_memory):
             need = info.size**2 * (torch.finfo(dtype).bits // 8)

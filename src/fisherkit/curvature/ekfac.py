@@ -19,6 +19,11 @@ class EKFACAccumulator(KFACAccumulator):
 
     needs_func = (True, False)
 
+    @staticmethod
+    def kron_storage(u) -> int:
+        """The factors, their eigenvectors (as large again) and the O × I refitted scalings."""
+        return 2 * (u.in_features**2 + u.out_features**2) + u.in_features * u.out_features
+
     @property
     def passes(self):  # no Kronecker layer: nothing to refit
         return 2 if self.kron_units else 1

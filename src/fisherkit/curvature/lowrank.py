@@ -20,6 +20,12 @@ class LowRankAccumulator(DenseAccumulator):
     """The dense Gram, then its top ``rank`` eigenpairs (``options["rank"]``). Models too large for
     the Gram go through Lanczos on the implicit operator instead (``fisherkit.api``)."""
 
+    @classmethod
+    def storage(cls, plan, options):
+        """The dense Gram while it fits (``fisherkit.api`` switches to Lanczos otherwise) and the P × k eigenvectors."""
+        k = min(int(options.get("rank", 20)), plan.info.size)
+        return 2 * plan.info.size**2 + plan.info.size * k
+
     def finish(self, ops=LOCAL):
         k = min(int(self.meta.options.get("rank", 20)), self.info.size)
         vals, vecs = ops.top(self.matrix(), k)
