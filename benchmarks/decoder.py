@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -170,6 +171,7 @@ def curvlinops_check(model, X, y, log) -> list[dict]:
 # ---------------------------------------------------------------- timing
 def time_decoder(name, args, log):
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
     n = args.samples or (32 if args.quick else 64)
     model, X, y = build(name, n)
     vocab = logits_of(model(X[:1])).shape[-1]
@@ -212,12 +214,13 @@ def time_decoder(name, args, log):
             0.6 * c_eff, c_eff=c_eff, ratio_over_c_eff=t / te / c_eff, epoch_1seq_seconds=te)
 
     report = dict(model=name, params=P, samples=n, tokens=n * M5_CONTEXT, vocab=vocab, epoch_seconds=t_epoch,
-                  rows=rows)
+                  rows=rows, load_start=load_start)
     if name == "M5" and not args.no_peers:
         try:
             import curvlinops  # noqa: F401, PLC0415
         except ImportError:
             log("  curvlinops not installed: peer rows skipped")
+            report["load_end"] = os.getloadavg()[0]
             return report
         report["curvlinops_check"] = check = curvlinops_check(model, X, y, log)
         zero = {z[0] for c in check if c["approx"] == "reduce" for z in c["zero_G"]}
@@ -238,6 +241,7 @@ def time_decoder(name, args, log):
             rows.append(row)
             log(f"  curvlin   {row['method']:<44} {t_p * 1e3:9.1f} ms  {ratio_p:7.2f}× epoch  agrees: {ok} "
                 f"({row['agreement']['note']})  fisherkit/peer = {row['fisherkit_over_peer']:.2f} (target ≤ 1)")
+    report["load_end"] = os.getloadavg()[0]
     return report
 
 
@@ -310,6 +314,10 @@ def section_markdown(report: dict) -> str:
         lines[0] = lines[0].replace("\n", f" The {', '.join(m['model'] for m in report['models'] if m['model'] == 'M5hf')} "
                                     f"rows come from `{mg['file']}` ({mg['date']}; "
                                     f"{', '.join(f'{k} {v}' for k, v in mg['versions'].items())}).\n", 1)
+    loads = [f"{m['model']} {m['load_start']:.1f} → {m['load_end']:.1f}" for m in report["models"] if "load_end" in m]
+    if loads:
+        lines.append("Load average (1 min) at the start → end of each decoder's timings (2 cores): "
+                     + ", ".join(loads) + ".\n")
     for mod in report["models"]:
         if "curvlinops_check" in mod:
             lines += [f"**curvlinops check on {mod['model']}** — the same deterministic quantity (empirical-Fisher KFAC "
