@@ -97,6 +97,25 @@ def test_dict_batch_hf_style_output_shift_and_ignore_index(kind, structure):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("structure", ["kfac", "ekfac"])
+def test_per_token_kfac_is_the_per_sequence_one_times_sequences_over_tokens(structure, approx):
+    """F_token = (B / N_tok) F_sequence exactly (the same sums, another count): KFAC's product must scale
+    once by that ratio, not twice (A and G both divided by the token count was (B/N_tok)²; bug found by
+    the curvlinops comparison). Two batches of different sizes, the same tokens per sequence (with
+    ignore_index positions the ratio differs by batch and A is the token-weighted mean of the batches' A)."""
+    model = _model()
+    data = [_batch(n=6, seed=0, ignore=False), _batch(n=3, seed=1, ignore=False)]
+    seq = fk.fisher(model, data, structure=structure, shift_labels=True, kfac_approx=approx)
+    tok = fk.fisher(model, data, structure=structure, shift_labels=True, kfac_approx=approx, per_token=True)
+    n_tok = sum(int((b["labels"][:, 1:] != -100).sum()) for b in data)
+    assert tok.num_samples == n_tok and seq.num_samples == 9
+    if structure == "kfac":
+        torch.testing.assert_close(tok.to_dense(), seq.to_dense() * 9 / n_tok, rtol=1e-9, atol=1e-13)
+    else:  # EKFAC's refitted scalings are a mean over the same count
+        torch.testing.assert_close(tok.diag(), seq.diag() * 9 / n_tok, rtol=1e-9, atol=1e-13)
+
+
 def test_per_token_normalisation_and_implicit():
     model, batch = _model(), _batch()
     ref = reference(model, batch, "exact", per_token=True)

@@ -66,7 +66,8 @@ class BlockAccumulator(Accumulator):
         for u, a, g in bs.hook:
             if id(u) in self._kron_ids:
                 acc.kfac_add(a, g, self._sums, f"A:{u.weight}", f"G:{u.weight}", with_a=bs.first,
-                             approx=self.meta.options.get("kfac_approx", "expand"))
+                             approx=self.meta.options.get("kfac_approx", "expand"),
+                             a_scale=bs.n / a.shape[0] if bs.first and a.shape[0] else 1.0)
         # once per batch; KFAC's own layers are Kronecker factors, so their diagonal is not needed
         d = acc.diag_sums(replace(bs, hook=[]) if self.kron else bs) if self.big else None
         for grp in self.groups:

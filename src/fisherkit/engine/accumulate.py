@@ -222,7 +222,7 @@ def symmetrize(m: torch.Tensor) -> torch.Tensor:
 
 
 def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], key_a: str, key_g: str,
-             with_a: bool = True, approx: str = "expand") -> None:
+             with_a: bool = True, approx: str = "expand", a_scale: float = 1.0) -> None:
     """In place: the ``kfac_sums`` of one batch added to ``sums[key_a]`` / ``sums[key_g]`` (symmetric products).
 
     ``with_a=False`` adds only G (later direction chunks of a batch whose A was already counted).
@@ -230,14 +230,18 @@ def kfac_add(a: torch.Tensor, g: torch.Tensor, sums: dict[str, torch.Tensor], ke
     position as a sample, A = Σₙ (1/T) Σ_t ã ãᵀ, G = Σₙ Σ_d Σ_t g gᵀ; ``"reduce"`` first reduces over the
     positions, A = Σₙ āₙ āₙᵀ with ā the mean of ã over t, G = Σₙ Σ_d ĝ ĝᵀ with ĝ = Σ_t g — exact when a
     sample's inputs are the same at every position (the per-sample gradient Σ_t g_t ãᵀ is then ĝ āᵀ).
+
+    Both sums are later divided by the same count N (the batch's ``BatchStats.n``). ``a_scale`` = N_batch / B
+    makes A a mean over the B samples whatever N counts: with ``per_token`` N counts tokens, and A
+    divided by tokens as well as G would scale the product by 1/T² instead of the 1/T of a token mean.
     """
     if approx == "reduce" and a.shape[1] > 1:
         if with_a:
-            gram_add_(sums, key_a, a.mean(1))
+            gram_add_(sums, key_a, a.mean(1), a_scale)
         gram_add_(sums, key_g, g.sum(2).reshape(-1, g.shape[-1]))
         return
     if with_a:
-        gram_add_(sums, key_a, a.reshape(-1, a.shape[-1]), 1.0 / a.shape[1])
+        gram_add_(sums, key_a, a.reshape(-1, a.shape[-1]), a_scale / a.shape[1])
     gram_add_(sums, key_g, g.reshape(-1, g.shape[-1]))
 
 
