@@ -372,14 +372,18 @@ def test_huggingface_sdpa_model_whose_forward_vmap_cannot_batch():
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-6, atol=1e-6 * float(R.abs().max()))
 
 
-def test_gpt2_conv1d_layers_take_the_closed_form_path():
-    """GPT-2's Conv1D (a transposed Linear) and LayerNorms get closed-form per-sample gradients; the
-    Fisher of a block's attention and MLP equals the brute force."""
+def _tiny_gpt2():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=8, n_layer=1, n_head=2,
                                   attn_implementation="eager", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).double().eval()
+    return transformers.GPT2LMHeadModel(cfg).double().eval()
+
+
+def test_gpt2_conv1d_layers_are_hooked():
+    """GPT-2's Conv1D (a Linear with its weight stored [in, out]) is a hook unit and LayerNorms take the
+    closed form: no torch.func pass; dense and diag equal the brute force."""
+    model = _tiny_gpt2()
     batch = _batch(n=2)
     params = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
               "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.ln_2.weight"]
@@ -389,9 +393,41 @@ def test_gpt2_conv1d_layers_take_the_closed_form_path():
     chosen = {n: p for n, p in model.named_parameters() if n in params}
     plan = settled_plan(model, make_plan(model, chosen, elementwise=True), (0, {"input_ids": batch["input_ids"]}, None))
     assert plan.func_names == []
+    assert {u.weight for u in plan.hook_units if u.transposed} == {params[0], params[2]}
     F = fk.fisher(model, batch, structure="dense", params=params, shift_labels=True)
     R = hf_reference(model, batch, F.info.names)
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-9, atol=1e-12 * float(R.abs().max()))
+    Dg = fk.fisher(model, batch, structure="diag", params=params, shift_labels=True)
+    torch.testing.assert_close(Dg.diag(), R.diagonal(), rtol=1e-9, atol=1e-12 * float(R.abs().max()))
+
+
+@pytest.mark.parametrize("structure", ["kfac", "ekfac"])
+def test_gpt2_conv1d_kronecker_blocks_are_laid_out_right(structure, tmp_path):
+    """One sample at one position and one direction (empirical): KFAC and EKFAC are then exact (the
+    per-sample gradient is δ aᵀ), so their blocks over the transposed [in, out] weights must equal the
+    dense Fisher entry for entry — in to_dense, mv, diag, solve and after save/load."""
+    model = _tiny_gpt2()
+    g = torch.Generator().manual_seed(3)
+    batch = {"input_ids": torch.randint(0, V, (1, 1), generator=g), "labels": torch.randint(0, V, (1, 1), generator=g)}
+    params = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+              "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias"]
+    K = fk.fisher(model, batch, kind="empirical", structure=structure, params=params)
+    full = fk.fisher(model, batch, kind="empirical", structure="dense", params=params).to_dense()
+    D = torch.zeros_like(full)  # KFAC is block-diagonal over layers: the dense Fisher's layer blocks
+    offs = dict(zip(K.info.names, K.info.offsets))
+    for b in K.blocks:
+        idx = torch.cat([torch.arange(offs[n], offs[n] + k) for n, k in zip(b.names, b.numels)])
+        D[idx[:, None], idx[None, :]] = full[idx[:, None], idx[None, :]]
+    assert {b.kind for b in K.blocks} == {"kron" if structure == "kfac" else "ekron"}
+    assert all(b.transposed for b in K.blocks)
+    torch.testing.assert_close(K.to_dense(), D, rtol=1e-9, atol=1e-14)
+    v = torch.randn(D.shape[0], dtype=D.dtype, generator=g)
+    torch.testing.assert_close(K.mv(v), D @ v, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(K.diag(), D.diagonal(), rtol=1e-9, atol=1e-14)
+    eye = torch.eye(D.shape[0], dtype=D.dtype)
+    torch.testing.assert_close(K.solve(v, 0.1), torch.linalg.solve(D + 0.1 * eye, v), rtol=1e-8, atol=1e-12)
+    K.save(tmp_path / "k.safetensors")
+    torch.testing.assert_close(fk.load(tmp_path / "k.safetensors").to_dense(), D, rtol=1e-9, atol=1e-14)
 
 
 def test_a_kronecker_factor_that_cannot_fit_is_refused_before_any_work():

@@ -169,32 +169,52 @@ class DiagBlock(Block):
 
 
 class _LayerBlock(Block):
-    """A block on a layer's combined matrix [W | b] of shape (out, in [+1])."""
+    """A block on a layer's combined matrix [W | b] of shape (out, in [+1]).
 
-    def __init__(self, names, numels, out_features: int, has_bias: bool):
+    ``transposed``: the weight is stored [in, out] (HuggingFace ``Conv1D``, GPT-2), so its flat entries
+    run over (i, o); the combined matrix is still (out, in [+1]) and the factors are the same."""
+
+    def __init__(self, names, numels, out_features: int, has_bias: bool, transposed: bool = False):
         super().__init__(names, numels)
         self.out_features = out_features
         self.has_bias = has_bias
+        self.transposed = bool(transposed)
+
+    def _weight(self, w: torch.Tensor) -> torch.Tensor:
+        """A flat weight → its [O, I] matrix."""
+        return w.reshape(-1, self.out_features).T if self.transposed else w.reshape(self.out_features, -1)
 
     def to_matrix(self, parts) -> torch.Tensor:
-        w = parts[self.names[0]].reshape(self.out_features, -1)
+        w = self._weight(parts[self.names[0]])
         if self.has_bias:
             return torch.cat([w, parts[self.names[1]].reshape(self.out_features, 1)], 1)
         return w
 
     def from_matrix(self, m: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = m[:, :-1] if self.has_bias else m
+        w = w.T.reshape(-1) if self.transposed else w.reshape(-1)
         if self.has_bias:
-            return {self.names[0]: m[:, :-1].reshape(-1), self.names[1]: m[:, -1].clone()}
-        return {self.names[0]: m.reshape(-1)}
+            return {self.names[0]: w, self.names[1]: m[:, -1].clone()}
+        return {self.names[0]: w}
 
     def _perm(self, device) -> torch.Tensor:
         """Index map: block-flat order (weight, bias) → row-major index into the [W | b] matrix."""
         o = self.out_features
         i = self.size // o
         grid = torch.arange(o * i, device=device).reshape(o, i)
-        if self.has_bias:
-            return torch.cat([grid[:, :-1].reshape(-1), grid[:, -1]])
-        return grid.reshape(-1)
+        w = grid[:, :-1] if self.has_bias else grid
+        w = w.T.reshape(-1) if self.transposed else w.reshape(-1)
+        return torch.cat([w, grid[:, -1]]) if self.has_bias else w
+
+    def _meta(self) -> dict:
+        meta = {"out_features": self.out_features, "has_bias": self.has_bias}
+        if self.transposed:  # written only when set: files of untransposed layers are unchanged
+            meta["transposed"] = True
+        return meta
+
+    def layout(self) -> dict:
+        """The constructor's layout arguments (for copies of this block)."""
+        return {"out_features": self.out_features, "has_bias": self.has_bias, "transposed": self.transposed}
 
     def _matrix_dense(self, big: torch.Tensor) -> torch.Tensor:
         p = self._perm(big.device)
@@ -206,8 +226,8 @@ class KronBlock(_LayerBlock):
 
     kind = "kron"
 
-    def __init__(self, names, numels, out_features, has_bias, A: torch.Tensor, G: torch.Tensor):
-        super().__init__(names, numels, out_features, has_bias)
+    def __init__(self, names, numels, out_features, has_bias, A: torch.Tensor, G: torch.Tensor, transposed=False):
+        super().__init__(names, numels, out_features, has_bias, transposed)
         self.A, self.G = A, G
         self._eig = None
 
@@ -262,10 +282,10 @@ class KronBlock(_LayerBlock):
         return self._matrix_dense(torch.kron(self.G, self.A))
 
     def scale(self, a):
-        return KronBlock(self.names, self.numels, self.out_features, self.has_bias, self.A, a * self.G)
+        return KronBlock(self.names, self.numels, self.out_features, self.has_bias, self.A, a * self.G, self.transposed)
 
     def state(self):
-        return {"A": self.A, "G": self.G}, {"out_features": self.out_features, "has_bias": self.has_bias}
+        return {"A": self.A, "G": self.G}, self._meta()
 
 
 class EKronBlock(_LayerBlock):
@@ -273,8 +293,8 @@ class EKronBlock(_LayerBlock):
 
     kind = "ekron"
 
-    def __init__(self, names, numels, out_features, has_bias, QA, QG, S):
-        super().__init__(names, numels, out_features, has_bias)
+    def __init__(self, names, numels, out_features, has_bias, QA, QG, S, transposed=False):
+        super().__init__(names, numels, out_features, has_bias, transposed)
         self.QA, self.QG, self.S = QA, QG, S
 
     def _rot(self, parts):
@@ -309,15 +329,17 @@ class EKronBlock(_LayerBlock):
         return self._matrix_dense(q @ torch.diag(self.S.reshape(-1)) @ q.T)
 
     def scale(self, a):
-        return EKronBlock(self.names, self.numels, self.out_features, self.has_bias, self.QA, self.QG, a * self.S)
+        return EKronBlock(self.names, self.numels, self.out_features, self.has_bias, self.QA, self.QG, a * self.S,
+                          self.transposed)
 
     def add(self, other):
         if isinstance(other, EKronBlock) and other.QA is self.QA and other.QG is self.QG:
-            return EKronBlock(self.names, self.numels, self.out_features, self.has_bias, self.QA, self.QG, self.S + other.S)
+            return EKronBlock(self.names, self.numels, self.out_features, self.has_bias, self.QA, self.QG, self.S + other.S,
+                              self.transposed)
         return SumBlock([self, other])
 
     def state(self):
-        return {"QA": self.QA, "QG": self.QG, "S": self.S}, {"out_features": self.out_features, "has_bias": self.has_bias}
+        return {"QA": self.QA, "QG": self.QG, "S": self.S}, self._meta()
 
 
 class SumBlock(Block):

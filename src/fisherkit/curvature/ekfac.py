@@ -63,7 +63,7 @@ class EKFACAccumulator(KFACAccumulator):
         for u in self.kron_units:
             qa, qg = self.bases[u.weight]
             numels = self.numels(u.names)
-            blocks.append(EKronBlock(u.names, numels, u.out_features, bool(u.bias), qa, qg, s[u.weight]))
+            blocks.append(EKronBlock(u.names, numels, u.out_features, bool(u.bias), qa, qg, s[u.weight], u.transposed))
         return EKFAC(info, n1, self.meta.kind, self.meta.likelihood, self._ordered(blocks + others))
 
 

@@ -292,7 +292,8 @@ def _make_block(desc, tensors):
     fields = {"dense": ["matrix"], "diag": ["values"], "kron": ["A", "G"], "ekron": ["QA", "QG", "S"]}[desc["kind"]]
     args = [tensors[f"{desc['prefix']}.{f}"] for f in fields]
     if desc["kind"] in ("kron", "ekron"):
-        return cls(desc["names"], desc["numels"], desc["extra"]["out_features"], desc["extra"]["has_bias"], *args)
+        return cls(desc["names"], desc["numels"], desc["extra"]["out_features"], desc["extra"]["has_bias"], *args,
+                   transposed=bool(desc["extra"].get("transposed", False)))
     return cls(desc["names"], desc["numels"], *args)
 
 

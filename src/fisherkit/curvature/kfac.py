@@ -69,7 +69,7 @@ class KFACAccumulator(BlockAccumulator):
         return out
 
     def _kron(self, u, A, G):
-        return KronBlock(u.names, self.numels(u.names), u.out_features, bool(u.bias), A, G)
+        return KronBlock(u.names, self.numels(u.names), u.out_features, bool(u.bias), A, G, u.transposed)
 
     def _layer_blocks(self, sums, n, ops):
         f = self.factors(sums, n)

@@ -42,9 +42,11 @@ def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**2
 def split_unit(u: HookUnit, m: torch.Tensor) -> dict[str, torch.Tensor]:
     """Split a combined ``[..., O, I]`` tensor into the unit's weight ``[..., *w]`` and bias ``[..., O]``."""
     lead = m.shape[:-2]
-    if u.bias:
-        return {u.weight: m[..., :-1].reshape(*lead, *u.weight_shape), u.bias: m[..., -1]}
-    return {u.weight: m.reshape(*lead, *u.weight_shape)}
+    w = m[..., :-1] if u.bias else m
+    if u.transposed:  # HF Conv1D: the weight is [in, out]
+        w = w.transpose(-1, -2)
+    w = w.reshape(*lead, *u.weight_shape)
+    return {u.weight: w, u.bias: m[..., -1]} if u.bias else {u.weight: w}
 
 
 def diag_sums(bs: BatchStats) -> dict[str, torch.Tensor]:
@@ -104,8 +106,11 @@ def flat_diag(units: list[HookUnit], sums: dict[str, torch.Tensor], info: ParamI
         if m is None:
             continue
         i = info.index(u.weight)
-        w = out[offs[i] : offs[i] + numels[i]].view(u.out_features, -1)
-        w.copy_(m[:, :-1] if u.bias else m)
+        mw = m[:, :-1] if u.bias else m
+        if u.transposed:
+            out[offs[i] : offs[i] + numels[i]].view(-1, u.out_features).copy_(mw.T)
+        else:
+            out[offs[i] : offs[i] + numels[i]].view(u.out_features, -1).copy_(mw)
         if u.bias:
             j = info.index(u.bias)
             out[offs[j] : offs[j] + numels[j]].copy_(m[:, -1])
@@ -119,10 +124,10 @@ def flat_diag(units: list[HookUnit], sums: dict[str, torch.Tensor], info: ParamI
 def _flat_order(u: HookUnit) -> torch.Tensor:
     """Positions in the unit's row-major combined [O, I] matrix of its flat (weight, then bias) entries."""
     o, i = u.out_features, u.in_features
-    rows = torch.arange(o)[:, None] * i
-    if not u.bias:
-        return (rows + torch.arange(i)[None, :]).reshape(-1)
-    return torch.cat([(rows + torch.arange(i - 1)[None, :]).reshape(-1), rows[:, 0] + i - 1])
+    grid = torch.arange(o * i).reshape(o, i)
+    w = grid[:, :-1] if u.bias else grid
+    w = (w.T if u.transposed else w).reshape(-1)
+    return torch.cat([w, grid[:, -1]]) if u.bias else w
 
 
 def gram_add_kron_(bs: BatchStats, info: ParamInfo, gram: torch.Tensor, chunk_bytes: float = 2**28) -> bool:

@@ -12,8 +12,10 @@ positions * a sample shares the parameter across:
   ∂/∂w = Σ_t gz_t ⊙ x̂_t with x̂ = x / √(mean(x²) + ε) (Gemma's (1 + w) scaling has the same
   derivative);
 * ``nn.Embedding``: ∂/∂E = Σ_t e_{id_t} gz_tᵀ, a scatter of the output gradients into the rows of
-  the looked-up tokens (the row ``padding_idx`` gets none, as in PyTorch);
-* HuggingFace ``Conv1D`` (GPT-2; a Linear with its weight stored [in, out]): ∂/∂W = Σ_t ã_t gz_tᵀ.
+  the looked-up tokens (the row ``padding_idx`` gets none, as in PyTorch).
+
+(HuggingFace ``Conv1D``, GPT-2's Linear with its weight stored [in, out], is a Kronecker hook unit:
+``engine.units.transposed_linear``.)
 
 Every handler's forward formula is checked against the module's own output when the plan is
 settled; a module it does not reproduce (another normalisation, ``max_norm``) goes to ``torch.func``.
@@ -127,37 +129,7 @@ class EmbeddingHandler(Handler):
         return {names["weight"]: out}
 
 
-class TransposedLinearHandler(Handler):
-    """HuggingFace ``Conv1D`` (GPT-2's attention and MLP): y = x W + b with W of shape [in, out].
-
-    Per-sample gradients Σ_t ã_t g_tᵀ straight from the hooks (no vmap); KFAC keeps them as a dense
-    block (or diagonal above ``DENSE_BLOCK_LIMIT``), since its weight is not laid out as [out, in].
-    """
-
-    params = ("weight", "bias")
-
-    def accepts(self, module):
-        w = getattr(module, "weight", None)
-        return type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2 \
-            and getattr(module, "nf", w.shape[1]) == w.shape[1]
-
-    def forward(self, module, x):
-        y = x @ module.weight
-        return y + module.bias if getattr(module, "bias", None) is not None else y
-
-    def persample(self, module, x, gz, names):
-        d, b = gz.shape[:2]
-        a = x.reshape(b, -1, x.shape[-1]).to(gz.dtype)
-        g = gz.reshape(d, b, -1, gz.shape[-1])
-        out = {}
-        if "weight" in names:
-            out[names["weight"]] = torch.einsum("bti,dbto->dbio", a, g)
-        if "bias" in names:
-            out[names["bias"]] = g.sum(2)
-        return out
-
-
-HANDLERS: list[Handler] = [LayerNormHandler(), RMSNormHandler(), EmbeddingHandler(), TransposedLinearHandler()]
+HANDLERS: list[Handler] = [LayerNormHandler(), RMSNormHandler(), EmbeddingHandler()]
 
 
 def handler_for(module: nn.Module) -> Handler | None:

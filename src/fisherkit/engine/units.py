@@ -36,6 +36,7 @@ class HookUnit:
     bias: str | None
     weight_shape: tuple[int, ...]
     via: nn.Module | None = None  # the MultiheadAttention whose recomputed forward exposes this unit
+    transposed: bool = False  # weight stored [in, out] (HuggingFace Conv1D): y = x W + b
 
     @property
     def names(self) -> list[str]:
@@ -43,12 +44,14 @@ class HookUnit:
 
     @property
     def linear(self) -> bool:
-        """A Linear map of the last dimension (not a convolution): nn.Linear, or an attention in-projection."""
-        return isinstance(self.module, nn.Linear) or self.module is self.via
+        """A Linear map of the last dimension (not a convolution): nn.Linear, HF Conv1D, an attention in-projection."""
+        return isinstance(self.module, nn.Linear) or self.transposed or self.module is self.via
 
     @property
     def in_features(self) -> int:  # columns of the combined [W | b] matrix
         w = self.weight_shape
+        if self.transposed:
+            return w[0] + (1 if self.bias else 0)
         n = 1
         for d in w[1:]:
             n *= d
@@ -56,7 +59,7 @@ class HookUnit:
 
     @property
     def out_features(self) -> int:
-        return self.weight_shape[0]
+        return self.weight_shape[1] if self.transposed else self.weight_shape[0]
 
 
 @dataclass
@@ -105,7 +108,16 @@ class Plan:
                     [u for u in self.elem_units if id(u) not in gone])
 
 
+def transposed_linear(module: nn.Module) -> bool:
+    """HuggingFace ``Conv1D`` (GPT-2's attention and MLP): a Linear with its weight stored [in, out]."""
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
+            and getattr(module, "nf", w.shape[1]) == w.shape[1])
+
+
 def _hookable(module: nn.Module) -> bool:
+    if transposed_linear(module):
+        return True
     if not isinstance(module, HOOKABLE):
         return False
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
@@ -146,9 +158,9 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
                 w, b = prefix + "weight", prefix + "bias"
                 if w not in chosen:
                     continue
-                has_b = module.bias is not None and b in chosen
+                has_b = getattr(module, "bias", None) is not None and b in chosen
                 plan.hook_units.append(HookUnit(module, mname, w, b if has_b else None, tuple(module.weight.shape),
-                                                via=out_proj_of.get(id(module))))
+                                                via=out_proj_of.get(id(module)), transposed=transposed_linear(module)))
                 covered.update([w] + ([b] if has_b else []))
             elif attention.packed(module) and prefix + "in_proj_weight" in chosen:
                 w, b = prefix + "in_proj_weight", prefix + "in_proj_bias"

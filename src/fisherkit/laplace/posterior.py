@@ -183,14 +183,15 @@ class DensePiece(Piece):
 class LayerLayout:
     """Flat (weight, bias) order of a layer's parameters ↔ row-major index of M = [W | b] (O × I)."""
 
-    def __init__(self, out_features: int, n_in: int, has_bias: bool):
+    def __init__(self, out_features: int, n_in: int, has_bias: bool, transposed: bool = False):
         self.out_features, self.n_in, self.has_bias = int(out_features), int(n_in), bool(has_bias)
+        self.transposed = bool(transposed)  # weight stored [in, out] (HF Conv1D): flat entries run over (i, o)
 
     def perm(self, device) -> torch.Tensor:
         grid = torch.arange(self.out_features * self.n_in, device=device).reshape(self.out_features, self.n_in)
-        if self.has_bias:
-            return torch.cat([grid[:, :-1].reshape(-1), grid[:, -1]])
-        return grid.reshape(-1)
+        w = grid[:, :-1] if self.has_bias else grid
+        w = w.T.reshape(-1) if self.transposed else w.reshape(-1)
+        return torch.cat([w, grid[:, -1]]) if self.has_bias else w
 
     def to_matrix(self, v: torch.Tensor) -> torch.Tensor:
         """[..., n] flat → [..., O, I]."""
@@ -203,7 +204,10 @@ class LayerLayout:
         return m.reshape(m.shape[:-2] + (-1,))[..., self.perm(m.device)]
 
     def meta(self) -> dict:
-        return {"out_features": self.out_features, "n_in": self.n_in, "has_bias": self.has_bias}
+        meta = {"out_features": self.out_features, "n_in": self.n_in, "has_bias": self.has_bias}
+        if self.transposed:
+            meta["transposed"] = True
+        return meta
 
 
 class EigenKronPiece(Piece):
@@ -324,7 +328,7 @@ def piece_from_state(kind: str, idx: torch.Tensor, tensors: dict, meta: dict) ->
     if kind == "dense":
         return DensePiece(idx, tensors["H"])
     if kind == "eigenkron":
-        layout = LayerLayout(meta["out_features"], meta["n_in"], meta["has_bias"])
+        layout = LayerLayout(meta["out_features"], meta["n_in"], meta["has_bias"], meta.get("transposed", False))
         return EigenKronPiece(idx, layout, tensors["QG"], tensors["QA"], tensors["e"])
     if kind == "lowrank":
         return LowRankPiece(idx, tensors["U"], tensors["lam"])
@@ -362,7 +366,7 @@ def pieces_from_curvature(F) -> list[Piece]:
         elif kind == "dense":
             pieces.append(DensePiece(idx, n * b.matrix))
         elif kind in ("kron", "ekron"):
-            layout = LayerLayout(b.out_features, b.size // b.out_features, b.has_bias)
+            layout = LayerLayout(b.out_features, b.size // b.out_features, b.has_bias, getattr(b, "transposed", False))
             if kind == "kron":
                 (la, qa), (lg, qg) = b.eig_factors()
                 e = n * lg.clamp_min(0)[:, None] * la.clamp_min(0)[None, :]
