@@ -66,6 +66,33 @@ def test_kfac_merge_equals_dense_solve_of_kronecker_sums(dense_limit):
     torch.testing.assert_close(torch.cat([v.reshape(-1) for v in got.values()]), want, rtol=1e-7, atol=1e-8)
 
 
+def test_kfac_blocks_above_the_kron_limit_go_to_cg_and_agree(monkeypatch):
+    """A Kronecker block above kron_dense_limit is solved by CG (never densified), one at or below it densely,
+    and both give the dense reference — whatever dense_limit says for dense blocks."""
+    from fisherkit.merge import solve
+
+    _, models = fine_tunes(3)
+    ds = [data(i) for i in range(3)]
+    Ks = [fk.fisher(m, d, structure="kfac") for m, d in zip(models, ds)]
+    calls = []
+    real_cg = solve._cg
+    monkeypatch.setattr(solve, "_cg", lambda *a, **k: calls.append(a[-1]) or real_cg(*a, **k))
+    # layer sizes here: 5 × (4 + 1) = 25 and 3 × (5 + 1) = 18 parameters
+    dense = merge_parameters(models, fishers=Ks, damping=1e-3, kron_dense_limit=10_000)
+    assert calls == []
+    via_cg = merge_parameters(models, fishers=Ks, damping=1e-3, kron_dense_limit=20, cg_tol=1e-12)
+    assert len(calls) == 1 and "0.weight" in calls[0]  # only the 25-parameter layer went to CG
+    both_cg = merge_parameters(models, fishers=Ks, damping=1e-3, kron_dense_limit=0, dense_limit=10_000, cg_tol=1e-12)
+    assert len(calls) == 3
+    Fs = [K.to_dense() for K in Ks]
+    thetas = [flat(m) for m in models]
+    avg = sum(thetas) / 3
+    want = _closed_form(Fs, thetas, [1 / 3] * 3, _eps(Fs, [1 / 3] * 3, 1e-3), avg)
+    for got in (dense, via_cg, both_cg):
+        torch.testing.assert_close(torch.cat([v.reshape(-1) for v in got.values()]), want, rtol=1e-7, atol=1e-8)
+    assert solve.KRON_DENSE_LIMIT < 64 * 65  # a 64-wide Linear layer of the digits study goes to CG by default
+
+
 @pytest.mark.parametrize("structure", ["lowrank", "implicit"])
 def test_matrix_free_structures_equal_closed_form(structure):
     """CG on Curvature.mv (lowrank / implicit) equals the dense solve of the same operators."""

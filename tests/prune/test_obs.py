@@ -1,7 +1,5 @@
 """OBS maths against brute force: the constrained quadratic minimum solved as a KKT system in float64."""
 
-import itertools
-
 import torch
 
 from fisherkit.prune import greedy, obs_set, obs_single, replay

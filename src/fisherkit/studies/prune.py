@@ -143,6 +143,103 @@ def plot(res, path=None):
     return fig
 
 
+STEP_COUNTS = (1, 2, 4)
+
+
+def run_steps(seeds=(0, 1, 2), targets=(0.9, 0.95), methods=("magnitude", "obd", "kfac"), steps=STEP_COUNTS,
+              budget=4, epochs=40, arch="mlp", progress=None) -> dict:
+    """One-shot against a few pruning steps at the same fine-tuning budget.
+
+    For s steps the kept fraction shrinks geometrically to ``1 − target``; the Fisher is recomputed at the
+    pruned model before every step; one epoch of fine-tuning (masks held) runs between steps and
+    ``budget − (s − 1)`` epochs after the last, so every schedule fine-tunes ``budget`` epochs in all
+    (s = 1 is one-shot + ``budget`` epochs). Records test accuracy right after the last pruning step
+    and at the end. ``res['acc'][method][target][s] = {'pruned': [...per seed], 'final': [...]}``.
+    """
+    from .. import datasets
+
+    if any(s - 1 > budget for s in steps):
+        raise ValueError(f"budget={budget} epochs cannot cover {max(steps) - 1} fine-tunes between steps")
+    res = {"arch": arch, "seeds": list(seeds), "targets": list(targets), "methods": list(methods), "steps": list(steps),
+           "budget": budget, "dense": [],
+           "acc": {m: {str(t): {str(s): {"pruned": [], "final": []} for s in steps} for t in targets} for m in methods},
+           "seconds": {m: {str(s): [] for s in steps} for m in methods}, "epoch": []}
+    for seed in seeds:
+        d = datasets.load("digits", seed=seed)
+        net = train(make_model(arch, seed), d.X_train, d.y_train, epochs, seed=seed)
+        res["dense"].append(accuracy(net, d.X_test, d.y_test))
+        t = time.perf_counter()
+        train(make_model(arch, seed), d.X_train, d.y_train, 1, seed=seed)
+        res["epoch"].append(time.perf_counter() - t)
+        for m in methods:
+            for target in targets:
+                for s in steps:
+                    calls = iter(range(10_000))
+
+                    def finetune(model):  # one epoch, masks held, its own shuffle each time
+                        train(model, d.X_train, d.y_train, 1, seed=seed + 2000 + next(calls), guard=keep_masked)
+
+                    t = time.perf_counter()
+                    p = prune(net, (d.X_train, d.y_train), sparsity=target, method=m, steps=s, finetune=finetune,
+                              batch_size=256)
+                    res["seconds"][m][str(s)].append(time.perf_counter() - t)
+                    cell = res["acc"][m][str(target)][str(s)]
+                    cell["pruned"].append(accuracy(p, d.X_test, d.y_test))
+                    train(p, d.X_train, d.y_train, budget - (s - 1), seed=seed + 1000, guard=keep_masked)
+                    cell["final"].append(accuracy(p, d.X_test, d.y_test))
+                    if progress:
+                        progress(f"{arch} seed {seed} {m} {target} steps {s}: after pruning {cell['pruned'][-1]:.3f}, "
+                                 f"after the fine-tunes {cell['final'][-1]:.3f}")
+    return res
+
+
+def format_steps(res) -> str:
+    """Rows: method × steps; columns: targets; cells 'after the last pruning step / at the end' (mean ± std)."""
+    lines = [f"{res['arch']}: dense {100 * _ms(res['dense'])[0]:.1f} %; one-shot vs steps at a budget of "
+             f"{res['budget']} fine-tuning epochs (1 between steps, the rest after); seeds {res['seeds']}",
+             f"{'method':<12}{'steps':>6}" + "".join(f"{int(100 * t):>24}%" for t in res["targets"]) + f"{'seconds':>10}"]
+    for m in res["methods"]:
+        for s in res["steps"]:
+            cells = []
+            for t in res["targets"]:
+                c = res["acc"][m][str(t)][str(s)]
+                mp, sp = _ms(c["pruned"])
+                mf, sf = _ms(c["final"])
+                cells.append(f"{100 * mp:5.1f}±{100 * sp:3.1f} / {100 * mf:5.1f}±{100 * sf:3.1f}")
+            lines.append(f"{m:<12}{s:>6}" + "".join(f"{c:>25}" for c in cells)
+                         + f"{_ms(res['seconds'][m][str(s)])[0]:10.1f}")
+    lines.append(f"one training epoch: {1e3 * _ms(res['epoch'])[0]:.0f} ms (the seconds column: prune(...) with its "
+                 "Fisher passes and in-between fine-tunes, per target)")
+    return "\n".join(lines)
+
+
+def plot_steps(res, path=None):
+    """Final test accuracy against the number of pruning steps, one line per method and target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(res["targets"]), figsize=(4.2 * len(res["targets"]), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], res["targets"]):
+        for i, m in enumerate(res["methods"]):
+            for kind, style in (("pruned", ":"), ("final", "-")):
+                ys = [100 * _ms(res["acc"][m][str(t)][str(s)][kind])[0] for s in res["steps"]]
+                ax.plot(res["steps"], ys, style, color=f"C{i}", marker="o", ms=3, label=m if kind == "final" else None)
+        ax.set_xticks(res["steps"])
+        ax.set_xlabel("pruning steps")
+        ax.set_title(f"{int(100 * t)} % sparsity", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"digits {res['arch']}: after the last pruning step (dotted) and after {res['budget']} fine-tuning "
+                 "epochs in all (solid)", fontsize=9)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
 def report(quick: bool = True, seed: int = 0, progress: bool = False) -> dict:
     """A demo-report section: ``{"title", "text" (HTML), "numbers", "figures", "headline"}``.
 
