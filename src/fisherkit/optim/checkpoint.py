@@ -29,7 +29,7 @@ def save(opt, path) -> None:
     pre = opt.pre.state_dict()
     tensors = {f"pre.{k}": v for k, v in pre["tensors"].items()}
     tensors["generator"] = pre["generator"]
-    for n, p in opt.pre.params.items():
+    for n, p in opt.params.items():
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum.{n}"] = buf
@@ -116,7 +116,7 @@ def load(opt, path) -> None:
     if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
         raise FisherkitError(f"{path} has skipped_steps={skipped!r}; nothing was loaded")
     momentum = {}
-    for n, p in opt.pre.params.items():
+    for n, p in opt.params.items():
         key = f"momentum.{n}"
         if key in tensors:
             check_momentum(n, tensors[key], p, str(path))
@@ -133,12 +133,12 @@ def load(opt, path) -> None:
     opt.pre._assign_state(prepared)
     for g, saved in zip(opt.param_groups, meta["param_groups"]):
         g.update(saved)
-    for n, p in opt.pre.params.items():
+    for n, p in opt.params.items():
         if n in momentum:
             opt.state[p]["momentum_buffer"] = momentum[n]
         else:
             opt.state[p].pop("momentum_buffer", None)
-    for n, p in opt.pre.params.items():  # second moments of grafting / KFACEigenAdam (format 3; none in version 2)
+    for n, p in opt.params.items():  # second moments of grafting / KFACEigenAdam (format 3; none in version 2)
         for key, prefix in (("graft_v", "graft"), ("eigen_v", "eigen")):
             v = tensors.get(f"{prefix}.{n}")
             if v is not None:

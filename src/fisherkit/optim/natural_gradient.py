@@ -29,6 +29,8 @@ from ..errors import FisherkitError, NonFiniteError
 from ..choices import check_choice, check_every, check_fraction, check_positive
 from . import transforms as T
 from .damping import levenberg_marquardt
+from ..engine.units import make_plan
+from ..params import select_params
 from .preconditioner import Preconditioner
 
 
@@ -62,6 +64,14 @@ class NaturalGradient(torch.optim.Optimizer):
         diagnostics: record per step the cosine between ∇L and the natural gradient, the KL the
             quadratic model predicts (½ΔᵀF̂Δ) and the KL actually moved on the batch
             (``fk.kl_divergence``), in ``history``.
+        fallback: what the parameters KFAC/EKFAC cannot factor (embeddings, positional tables, LayerNorms,
+            ...) get: ``"diag"`` (default): a diagonal Fisher, from per-sample gradients (a torch.func
+            pass on every statistics step); ``"adam"``: Adam's step g/(√v̂ + ε) (``graft_beta2``,
+            ``graft_eps``; before momentum and lr, like every direction here), and they are left out of
+            the curvature — no per-sample pass (what Shampoo/SOAP do for such parameters). The quadratic
+            KL of ``kl_clip`` and of Levenberg–Marquardt then covers the factored parameters only.
+        kfac_approx: ``"expand"`` or ``"reduce"`` for layers applied at several positions (tokens,
+            conv patches); see ``Preconditioner``.
         params: param groups (iterable of tensors or dicts) — default: the model's trainable ones.
         process_group, split_inverses: under torch.distributed (e.g. torchrun + DDP) curvature
             statistics are all-reduced over ``process_group`` (default: the initialised world) and
@@ -74,8 +84,13 @@ class NaturalGradient(torch.optim.Optimizer):
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
                  pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, generator=None, params=None,
                  process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic", kl_backtracks=10,
-                 graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None):
+                 graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None, fallback="diag",
+                 kfac_approx="expand"):
         check_positive("lr", lr)
+        check_choice("fallback", fallback, ("diag", "adam"))
+        if fallback == "adam" and structure not in ("kfac", "ekfac"):
+            raise FisherkitError(f"fallback='adam' is for the parameters KFAC/EKFAC cannot factor; structure="
+                                 f"{structure!r} covers every parameter itself")
         check_positive("kl_clip", kl_clip, allow_none=True)
         check_fraction("momentum", momentum)
         check_choice("kl_clip_mode", kl_clip_mode, ("quadratic", "measured"))
@@ -98,10 +113,20 @@ class NaturalGradient(torch.optim.Optimizer):
         for g in self.param_groups:
             check_positive("lr", g["lr"])
         tensors = [p for g in self.param_groups for p in g["params"]]
+        self.params = select_params(model, tensors)  # name -> tensor, every parameter this optimizer moves
+        self.fallback = fallback
+        self.adam_names = []  # fallback="adam": the parameters that take Adam's step (not in the curvature)
+        if fallback == "adam":
+            self.adam_names = list(make_plan(model, self.params).func_names)
+            if len(self.adam_names) == len(self.params):
+                raise FisherkitError("fallback='adam': KFAC factors none of these parameters (no Linear/Conv "
+                                     "layer among them); use torch.optim.Adam")
+        skip = set(self.adam_names)
         self.pre = Preconditioner(model, structure=structure, kind=kind, likelihood=likelihood, damping=damping,
                                   update_every=update_every, inv_every=inv_every, ema=ema, pi_damping=pi_damping,
                                   mc_samples=mc_samples, loss_reduction=loss_reduction, cg_iters=cg_iters,
-                                  generator=generator, seed=seed, params=tensors)
+                                  generator=generator, seed=seed, kfac_approx=kfac_approx,
+                                  params=[p for n, p in self.params.items() if n not in skip])
         self.model, self.kl_clip, self.kl_clip_mode, self.kl_backtracks = model, kl_clip, kl_clip_mode, kl_backtracks
         self.graft, self.graft_beta2, self.graft_eps = graft, graft_beta2, graft_eps
         self.last_kl = None  # kl_clip_mode="measured": the KL the latest step moved on its batch
@@ -109,7 +134,7 @@ class NaturalGradient(torch.optim.Optimizer):
         self.skip_nonfinite, self.diagnostics = skip_nonfinite, diagnostics
         self.skipped_steps = 0
         self.history: list[dict] = []
-        self._name = {id(p): n for n, p in self.pre.params.items()}
+        self._name = {id(p): n for n, p in self.params.items()}
         # Inside an initialised process group (torchrun + DDP) the curvature statistics are all-reduced
         # and the inverses split over ranks; a no-op in a single process.
         from ..distributed import distribute_optimizer
@@ -163,23 +188,33 @@ class NaturalGradient(torch.optim.Optimizer):
         if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
             if self._nonfinite(f"the loss ({float(torch.as_tensor(loss).detach())})"):
                 return loss
-        params = self.pre.params
+        params = self.params
         hp = self._hyper()
-        grads = T.weight_decay(self.pre.grads(), params, hp["weight_decay"])
-        bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
-        if bad and self._nonfinite(f"the gradient of {bad[0]!r}"):
+        raw = self.pre.grads()
+        raw.update({n: (params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]))
+                    for n in self.adam_names})
+        grads = T.weight_decay(raw, params, hp["weight_decay"])
+        bad = T.first_nonfinite(grads)
+        if bad is not None and self._nonfinite(f"the gradient of {bad!r}"):
             return loss
         work = None
         if self.amortiser is not None:
             pre = self.pre
             work = ("inverse" if pre.steps % pre.inv_every == 0 or pre.curvature is None else
                     "stats" if pre.steps % pre.update_every == 0 else "plain")
-        nat = self._precondition(grads)
+        covered = {n: grads[n] for n in self.pre.params}
+        nat = self._precondition(covered)
         if self.graft is not None:
-            moments = {n: self.state[p]["graft_v"] for n, p in params.items() if "graft_v" in self.state.get(p, {})}
-            nat = T.graft(nat, grads, moments, self.graft, self.pre.steps, self.graft_beta2, self.graft_eps)
-            for n, v in moments.items():
-                self.state[params[n]]["graft_v"] = v
+            moments = self._moments("graft_v", covered)
+            nat = T.graft(nat, covered, moments, self.graft, self.pre.steps, self.graft_beta2, self.graft_eps)
+            self._keep("graft_v", moments)
+        if self.adam_names:
+            rest = {n: grads[n] for n in self.adam_names}
+            if self.pre.parallel is not None:
+                rest = self.pre.parallel.average_gradients(rest)
+            moments = self._moments("graft_v", rest)
+            nat.update(T.adam(rest, moments, self.pre.steps, self.graft_beta2, self.graft_eps))
+            self._keep("graft_v", moments)
         buffers = {n: self.state[p]["momentum_buffer"] for n, p in params.items()
                    if "momentum_buffer" in self.state.get(p, {})}
         directions = T.momentum(buffers, nat, hp["momentum"])
@@ -209,6 +244,14 @@ class NaturalGradient(torch.optim.Optimizer):
             if work == "inverse":
                 self.amortiser.choose(self.pre)
         return loss
+
+    def _moments(self, key: str, names) -> dict:
+        """name -> the per-parameter state tensor ``key`` of those names that have one."""
+        return {n: self.state[self.params[n]][key] for n in names if key in self.state.get(self.params[n], {})}
+
+    def _keep(self, key: str, moments: dict) -> None:
+        for n, v in moments.items():
+            self.state[self.params[n]][key] = v
 
     def _precondition(self, grads: dict) -> dict:
         """n = (F̂ + λI)⁻¹ g (refreshing the curvature when due); ``KFACEigenAdam`` overrides it."""
@@ -240,12 +283,12 @@ class NaturalGradient(torch.optim.Optimizer):
             if kl <= self.kl_clip:
                 break
             nu *= 0.99 * (self.kl_clip / kl) ** 0.5
-            for n, p in self.pre.params.items():
+            for n, p in self.params.items():
                 p.copy_(old[n]).add_(delta[n], alpha=nu)
             kl = self._measured_kl(f_old)
         if kl > self.kl_clip:  # still too far after all backtracks: do not move
             nu, kl = 0.0, 0.0
-            for n, p in self.pre.params.items():
+            for n, p in self.params.items():
                 p.copy_(old[n])
         self.last_kl = kl
         return nu
@@ -254,21 +297,21 @@ class NaturalGradient(torch.optim.Optimizer):
         """ρ = (h(θ+Δ) − h(θ)) / (gᵀΔ + ½Δᵀ(F̂ + ηI)Δ) for the objective the step descends,
         h = L + ½η‖θ‖² (η = weight_decay; g already holds ∇L + ηθ); λ shrinks when ρ > ¾, grows when ρ < ¼."""
         eta = self._hyper()["weight_decay"]
-        params = self.pre.params
+        params = self.params
         decay_model = sum(eta.get(n, 0.0) * float((delta[n] * delta[n]).sum()) for n in delta)
         # ½η(‖θ+Δ‖² − ‖θ‖²), with θ+Δ the parameters now (the step was applied)
         decay_actual = sum(0.5 * eta.get(n, 0.0) * float((params[n].detach() ** 2).sum()
                                                           - ((params[n].detach() - delta[n]) ** 2).sum())
                            for n in delta if eta.get(n, 0.0))
         model_red = sum(float((grads[n] * delta[n]).sum()) for n in delta) + 0.5 * (q + decay_model)
-        saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.pre.params.items()}
+        saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in self.params.items()}
         self.pre.recorder.busy = True
         try:
             with torch.enable_grad():
                 new_loss = float(torch.as_tensor(closure()).detach())
         finally:
             self.pre.recorder.busy = False
-        for n, p in self.pre.params.items():
+        for n, p in self.params.items():
             p.grad = saved[n]
         actual = new_loss - float(torch.as_tensor(loss).detach()) + decay_actual
         rho = actual / model_red if model_red < 0 else float("nan")
@@ -284,7 +327,7 @@ class NaturalGradient(torch.optim.Optimizer):
         entry = {"step": self.pre.steps - 1, "cos_angle": cos, "kl_model": 0.5 * q, "damping": self.pre.damping}
         x = self.pre.recorder.last_x
         if x is not None:
-            new = {n: p.detach() for n, p in self.pre.params.items()}
+            new = {n: p.detach() for n, p in self.params.items()}
             self.pre.recorder.busy = True
             try:
                 entry["kl_measured"] = float(kl_divergence(self.model, old, new, [(x,)], likelihood=self.pre.lik))

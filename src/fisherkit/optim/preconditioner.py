@@ -46,6 +46,8 @@ from ..engine.units import make_plan
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
 from ..params import select_params
+from .inverse import DampedInverse
+from .transforms import first_nonfinite
 
 DENSE_OPTIM_LIMIT = 5000
 OPTIM_STRUCTURES = ("kfac", "ekfac", "diag", "dense", "implicit")
@@ -77,12 +79,16 @@ class Preconditioner:
         output, shift_labels, ignore_index: as for ``fk.fisher`` — models with dict / HF outputs and
             causal LMs; labels passed as ``model(..., labels=...)`` leave out positions labelled
             ``ignore_index``.
+        kfac_approx: for layers applied at T positions (tokens, conv patches), as for ``fk.fisher``:
+            ``"expand"`` (each position a sample) or ``"reduce"`` (positions summed first: A from the
+            mean input over t, G from the sum of output gradients over t — T× fewer rows in the
+            factor products; Eschenhagen et al. 2023). Both are exact for a layer seen at one position.
     """
 
     def __init__(self, model, structure="kfac", kind="mc", likelihood="categorical", damping=1e-3,
                  update_every=1, inv_every=None, ema=0.95, pi_damping=True, mc_samples=1,
                  loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None, params=None, seed=None,
-                 output=None, shift_labels=False, ignore_index=-100):
+                 output=None, shift_labels=False, ignore_index=-100, kfac_approx="expand"):
         if not isinstance(model, torch.nn.Module):
             raise FisherkitError(f"Preconditioner needs the torch.nn.Module being trained; got {type(model).__name__}")
         check_structure(structure, OPTIM_STRUCTURES, OPTIM_REFUSED)
@@ -95,6 +101,8 @@ class Preconditioner:
         check_every("mc_samples", mc_samples)
         check_every("cg_iters", cg_iters)
         check_fraction("ema", ema)
+        check_choice("kfac_approx", kfac_approx, ("expand", "reduce"))
+        self.kfac_approx = kfac_approx
         self.lik = get_likelihood(likelihood)
         self.adapter = make_adapter(output, shift_labels, ignore_index)  # HF models: logits, causal shift, −100
         self.model, self.structure, self.kind = model, structure, kind
@@ -116,6 +124,7 @@ class Preconditioner:
         self._start(plan)
         self.last_batch = None
         self._operator = None
+        self._inverse = None  # DampedInverse of the curvature in use (rebuilt when it or the damping changes)
 
     # ---- construction --------------------------------------------------------------------
     def _start(self, plan):
@@ -141,7 +150,8 @@ class Preconditioner:
     def _accumulator(self, cls=None):
         name = "kfac" if self.structure == "ekfac" else self.structure  # EKFAC: KFAC factors + scalings below
         cls = cls or STRUCTURE_CLASSES[name].accumulator
-        meta = Meta(self.kind, self.lik.to_config(), self.dtype, self.device, {"fallback": "diag", "warn": False})
+        meta = Meta(self.kind, self.lik.to_config(), self.dtype, self.device,
+                    {"fallback": "diag", "warn": False, "kfac_approx": self.kfac_approx})
         return cls(self.plan, meta)
 
     def _wanted(self) -> bool:
@@ -252,10 +262,10 @@ class Preconditioner:
 
     def compute(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Refresh the curvature if due and return (F̂ + λI)⁻¹ g (a dict name → tensor)."""
-        for n, g in grads.items():
-            if not torch.isfinite(g).all():
-                raise NonFiniteError(f"the gradient of {n!r} is not finite (NaN or inf); check the loss and the "
-                                     "learning rate, or pass skip_nonfinite=True to skip such steps")
+        bad = first_nonfinite(grads)
+        if bad is not None:
+            raise NonFiniteError(f"the gradient of {bad!r} is not finite (NaN or inf); check the loss and the "
+                                 "learning rate, or pass skip_nonfinite=True to skip such steps")
         if self.parallel is not None:
             grads = self.parallel.average_gradients(grads)
         if self.structure == "implicit":
@@ -269,10 +279,16 @@ class Preconditioner:
             self._refresh()
         if self.structure == "ekfac" and (updated or refresh):
             self._fit_scalings()
-        g = self.info.join(grads)
-        out = self.curvature.solve(g, self.damping, pi_damping=self.pi_damping)
+        out = self.inverse().solve(grads)
         self.steps += 1
-        return {n: t.reshape(grads[n].shape) for n, t in self.info.split(out).items()}
+        return out
+
+    def inverse(self) -> DampedInverse:
+        """The damped inverse of the curvature in use, rebuilt only when the curvature or the damping changed."""
+        inv = self._inverse
+        if inv is None or not inv.matches(self.curvature, self.damping, self.pi_damping):
+            inv = self._inverse = DampedInverse(self.curvature, self.damping, self.pi_damping)
+        return inv
 
     def _fvp_operator(self, b):
         """F_batch as an ``Implicit`` operator: v ↦ (1/B) Jᵀ [Σ_d V_d V_dᵀ] J v.

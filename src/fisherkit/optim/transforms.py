@@ -18,10 +18,42 @@ import math
 import torch
 
 
+def first_nonfinite(tensors: dict) -> str | None:
+    """The name of the first tensor with a NaN or inf entry, or None: one fused check (the norms of all
+    tensors, one host sync) instead of one per tensor; the per-tensor scan runs only when a norm is not
+    finite (a NaN/inf entry, or a finite tensor whose norm overflows — then it reports nothing)."""
+    if not tensors:
+        return None
+    names = list(tensors)
+    norms = torch._foreach_norm([tensors[n] for n in names])
+    if bool(torch.isfinite(torch.stack([x.float() for x in norms])).all()):
+        return None
+    return next((n for n in names if not bool(torch.isfinite(tensors[n]).all())), None)
+
+
 def weight_decay(grads: dict, params: dict, decay: dict) -> dict:
     """g + η θ per parameter (η = ``decay[name]``; parameters without a gradient are left alone)."""
     return {n: (g + decay[n] * params[n] if decay.get(n) and params[n].grad is not None else g)
             for n, g in grads.items()}
+
+
+def adam(grads: dict, second_moment: dict, step: int, beta2: float = 0.999, eps: float = 1e-8) -> dict:
+    """Adam's direction without its first moment: v ← β₂ v + (1 − β₂) g², a = g / (√(v / (1 − β₂ᵗ)) + ε).
+    ``second_moment`` (name → v) is updated in place (missing entries start at 0); ``step`` is t ≥ 1."""
+    names = list(grads)
+    if not names:
+        return {}
+    g = [grads[n] for n in names]
+    for n in names:
+        if n not in second_moment:
+            second_moment[n] = torch.zeros_like(grads[n])
+    v = [second_moment[n] for n in names]
+    torch._foreach_mul_(v, beta2)  # one foreach op per stage instead of a few small kernels per tensor
+    torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2 ** step))
+    torch._foreach_add_(denom, eps)
+    return dict(zip(names, torch._foreach_div(g, denom)))
 
 
 def graft(nat: dict, grads: dict, second_moment: dict, kind: str | None, step: int, beta2: float = 0.999,
@@ -37,26 +69,29 @@ def graft(nat: dict, grads: dict, second_moment: dict, kind: str | None, step: i
     if kind is None:
         return nat
     names = list(nat)
-    d, g = [nat[n] for n in names], [grads[n] for n in names]
-    if kind == "adam":  # one foreach op per stage instead of a few small kernels per tensor
-        for n in names:
-            if n not in second_moment:
-                second_moment[n] = torch.zeros_like(grads[n])
-        v = [second_moment[n] for n in names]
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        a = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, 1 - beta2 ** step)), eps)
-        a = torch._foreach_div(g, a)
+    d = [nat[n] for n in names]
+    if kind == "adam":
+        a = adam({n: grads[n] for n in names}, second_moment, step, beta2, eps)
+        a = [a[n] for n in names]
     else:
-        a = g
-    ratio = [torch.where(dn > 0, an / dn.clamp_min(torch.finfo(dn.dtype).tiny), torch.zeros_like(dn))
-             for an, dn in zip(torch._foreach_norm(a), torch._foreach_norm(d))]
-    return dict(zip(names, torch._foreach_mul(d, ratio)))
+        a = [grads[n] for n in names]
+    na = torch.stack(torch._foreach_norm(a))
+    nd = torch.stack(torch._foreach_norm(d))
+    ratio = torch.where(nd > 0, na / nd.clamp_min(torch.finfo(nd.dtype).tiny), torch.zeros_like(nd))
+    return dict(zip(names, torch._foreach_mul(d, list(ratio.unbind()))))
+
+
+def _by_value(names, values: dict) -> dict:
+    """value -> the names with that value (param groups share hyper-parameters: one foreach op per group)."""
+    out: dict = {}
+    for n in names:
+        out.setdefault(values[n], []).append(n)
+    return out
 
 
 def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
     """Heavy ball: b ← μ b + n (b starts at n), in place in ``buffers``; returns the directions b (or n where μ = 0)."""
-    out = {}
+    out, old = {}, []
     for n, d in nat.items():
         if not mu.get(n):
             out[n] = d
@@ -64,13 +99,21 @@ def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
             buffers[n] = d.clone()
             out[n] = buffers[n]
         else:
-            out[n] = buffers[n].mul_(mu[n]).add_(d)
-    return out
+            old.append(n)
+    for m, names in _by_value(old, mu).items():
+        b = [buffers[n] for n in names]
+        torch._foreach_mul_(b, m)
+        torch._foreach_add_(b, [nat[n] for n in names])
+        out.update(zip(names, b))
+    return {n: out[n] for n in nat}
 
 
 def scale(directions: dict, lr: dict) -> dict:
     """Δ = −lr · d per parameter."""
-    return {n: -lr[n] * d for n, d in directions.items()}
+    out = {}
+    for r, names in _by_value(list(directions), lr).items():
+        out.update(zip(names, torch._foreach_mul([directions[n] for n in names], -r)))
+    return {n: out[n] for n in directions}
 
 
 def kl_clip(delta: dict, quad: float, bound: float | None) -> tuple[dict, float, float]:
@@ -84,5 +127,5 @@ def kl_clip(delta: dict, quad: float, bound: float | None) -> tuple[dict, float,
 def apply(params: dict, delta: dict) -> None:
     """θ ← θ + Δ in place."""
     with torch.no_grad():
-        for n, p in params.items():
-            p.add_(delta[n])
+        names = list(params)
+        torch._foreach_add_([params[n] for n in names], [delta[n] for n in names])
