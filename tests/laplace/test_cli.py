@@ -11,6 +11,8 @@ from fisherkit.cli import main
     (["--seeds", "0"], "--seeds"),
     (["--tuning", "bayes"], "--tuning"),
     (["--members", "0"], "--members"),
+    (["--link", "bridge"], "--link"),
+    (["--prior-structure", "diagonal"], "--prior-structure"),
 ])
 def test_bad_options(args, match, capsys):
     assert main(["laplace", *args]) == 2

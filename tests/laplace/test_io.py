@@ -61,3 +61,22 @@ def test_save_before_fit(tmp_path):
     with pytest.raises(NotFittedError):
         Laplace(m).save(tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_corrupt_metadata_and_newer_format_are_named(tmp_path):
+    """The shared read_state checks, raised as LaplaceError: a newer format version, unreadable JSON."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    m, X, y = mlp()
+    la = Laplace(m, "categorical", structure="diag").fit((X, y))
+    la.save(tmp_path / "la.safetensors")
+    with safe_open(str(tmp_path / "la.safetensors"), framework="pt") as f:
+        header = dict(f.metadata())
+    tensors = load_file(str(tmp_path / "la.safetensors"))
+    save_file(tensors, str(tmp_path / "newer.safetensors"), metadata={**header, "format_version": "99"})
+    with pytest.raises(LaplaceError, match="newer fisherkit"):
+        Laplace.load(tmp_path / "newer.safetensors", m)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**header, "meta": "{not json"})
+    with pytest.raises(LaplaceError, match="not valid JSON"):
+        Laplace.load(tmp_path / "bad.safetensors", m)

@@ -1,17 +1,16 @@
 """Saving and loading a fitted Laplace: safetensors (no pickle) + JSON metadata, written atomically.
 
-Reuses the house helpers of ``fisherkit.curvature.io`` (atomic temp-file + rename, readable
-errors, the names/shapes check against the model).
+Reuses the house helpers of ``fisherkit.curvature.io``: ``write_state`` / ``read_state`` (atomic
+temp-file + rename; the format and version checks; readable errors for a truncated file or corrupt
+metadata, raised here as ``LaplaceError``) and the names/shapes check against the model.
 """
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from .._version import __version__
-from ..curvature.io import atomic_write_safetensors, check_against_model, read_safetensors
+from ..curvature.io import check_against_model, read_state, write_state
+from ..errors import FisherkitError
 from .errors import LaplaceError
 from .posterior import piece_from_state
 
@@ -34,9 +33,7 @@ def save(la, path) -> None:
             "subset": la.subset, "structure": la.structure, "kind": la.kind, "sigma": la.sigma,
             "n_data": la.n_data, "n_outputs": la.n_outputs, "loss": float(la.loss),
             "prior_scalar": la.prior_precision.dim() == 0, "pieces": pieces}
-    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fisherkit_version": __version__,
-              "meta": json.dumps(meta)}
-    atomic_write_safetensors(tensors, header, path)
+    write_state(tensors, path, FORMAT, FORMAT_VERSION, meta=meta)
 
 
 def load(path, model):
@@ -45,12 +42,15 @@ def load(path, model):
 
     if not isinstance(model, torch.nn.Module):
         raise LaplaceError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    tensors, header = read_safetensors(path)
-    if header.get("format") != FORMAT:
-        raise LaplaceError(f"{path} is not a fisherkit Laplace file (format={header.get('format')!r})")
-    if int(header.get("format_version", "0")) > FORMAT_VERSION:
-        raise LaplaceError(f"{path} was written by a newer fisherkit (format {header['format_version']})")
-    meta = json.loads(header["meta"])
+    try:
+        tensors, fields = read_state(path, FORMAT, FORMAT_VERSION, "fisherkit Laplace")
+    except LaplaceError:
+        raise
+    except FisherkitError as e:
+        raise LaplaceError(str(e)) from None
+    if not isinstance(fields.get("meta"), dict):
+        raise LaplaceError(f"{path} has no Laplace metadata (a corrupt or hand-edited file?)")
+    meta = fields["meta"]
     check_against_model(meta["names"], [tuple(s) for s in meta["shapes"]], model, f"the Laplace posterior in {path}")
     p0 = next(model.parameters())
     tensors = {k: (v.to(p0.device) if k.endswith(".idx") else v.to(device=p0.device, dtype=p0.dtype)) for k, v in tensors.items()}

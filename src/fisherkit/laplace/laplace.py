@@ -15,7 +15,7 @@ from torch import nn
 
 from ..likelihoods import Gaussian, get_likelihood
 from .errors import LaplaceError, NotFittedError
-from .linearized import chain_terms, flatten_chain, piece_fvar
+from .linearized import centre_jacobian, centre_parts, chain_terms, flatten_chain, piece_fvar
 from .model_utils import (batch_len, call_model, forward_with, iterate_data, jacobians, last_layer_params, slice_inputs,
                           trainable_names)
 from .posterior import check_piece_sizes, pieces_from_curvature
@@ -25,7 +25,7 @@ from .prior import as_prior_tensor, expand_prior, prior_from_dict
 STRUCTURES = ("diag", "kfac", "ekfac", "block", "dense", "lowrank")
 KINDS = ("exact", "mc", "empirical")
 LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
-METHODS = ("probit", "mc", "samples", "map")
+METHODS = ("probit", "probit_centred", "mc", "samples", "map")
 
 
 class Laplace:
@@ -288,11 +288,13 @@ class Laplace:
         per_row = max(1, n_out * self.n_params * torch.finfo(self.dtype).bits // 8 * 3)
         return max(1, int(self.max_memory // per_row))
 
-    def functional_variance(self, X, prior_precision=None, sigma=None, diagonal: bool = False):
+    def functional_variance(self, X, prior_precision=None, sigma=None, diagonal: bool = False, centred: bool = False):
         """f̂ = f(X; θ̂) [B, C] and the linearised output covariance J Λ⁻¹ Jᵀ [B, C, C].
 
         With ``diagonal=True`` only the variances diag(J Λ⁻¹ Jᵀ) [B, C] (all the probit and the
         regression predictive need; C times less memory and work, which matters at 1,000 classes).
+        With ``centred=True`` the covariance of the centred outputs f − mean_c f_c, Π J Λ⁻¹ Jᵀ Π with
+        Π = I − 11ᵀ/C (the part of the covariance a softmax can see; computed as (ΠJ) Λ⁻¹ (ΠJ)ᵀ).
 
         Linear layers of an ``nn.Sequential`` get J's rank-one structure (no per-sample Jacobians;
         see ``fisherkit.laplace.linearized``); everything else torch.func Jacobians, in chunks.
@@ -311,10 +313,14 @@ class Laplace:
             terms = chain_terms(self.model, self.names, x) if chain else None
             if terms is not None:
                 f, parts = terms
+                if centred:
+                    parts = centre_parts(parts)
                 with torch.no_grad():
                     v = sum(piece_fvar(pc, numels, parts, p[pc.idx], s, diagonal) for pc in self._pieces)
             else:
                 f, J = jacobians(self.model, self.names, x)
+                if centred:
+                    J = centre_jacobian(J)
                 with torch.no_grad():
                     v = sum(pc.fvar(J[..., pc.idx], p[pc.idx], s, diagonal) for pc in self._pieces)
             fs.append(f.detach())
@@ -326,7 +332,10 @@ class Laplace:
 
         Classification: class probabilities [B, C] ([B, 1] for Bernoulli: p(y = 1)).
         ``"probit"`` / ``"mc"``: the linearised (GLM) predictive with the probit approximation or
-        ``n_samples`` Monte-Carlo draws of the outputs; ``"samples"``: the network itself at
+        ``n_samples`` Monte-Carlo draws of the outputs; ``"probit_centred"`` (categorical only): the
+        probit approximation applied to the covariance of the centred logits f − mean_c f_c, which
+        has the same softmax (Π J Λ⁻¹ Jᵀ Π, see ``functional_variance``): the plain probit also
+        counts the variance of the logits' common shift, which the softmax ignores; ``"samples"``: the network itself at
         ``n_samples`` parameter draws θ ~ N(θ̂, Λ⁻¹) (not linearised); ``"map"``: θ̂ alone.
         Regression (Gaussian): ``(mean, variance)`` of y, each [B, C]: the closed-form linearised
         predictive f̂, diag(J Λ⁻¹ Jᵀ) + σ² (``"samples"``: moments over sampled networks + σ²).
@@ -343,6 +352,11 @@ class Laplace:
             return (f, torch.full_like(f, self.sigma**2)) if self.likelihood == "gaussian" else link(f, self.likelihood)
         if method == "samples":
             return self._sampled_predictive(X, n_samples, generator)
+        if method == "probit_centred":
+            if self.likelihood != "categorical":
+                raise LaplaceError(f"method='probit_centred' needs likelihood='categorical'; got {self.likelihood!r}")
+            f, var = self.functional_variance(X, diagonal=True, centred=True)
+            return probit(f, var, self.likelihood)
         if self.likelihood == "gaussian" or method == "probit":
             f, var = self.functional_variance(X, diagonal=True)
             if self.likelihood == "gaussian":

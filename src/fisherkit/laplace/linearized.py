@@ -6,6 +6,10 @@ Jacobian of the rest of the chain; the identity for the last layer) and ã = [h,
 block contributes (B Q_G) diag(w) (B Q_G)ᵀ with w_o = Σ_i (Q_Aᵀ ã)_i² / d_oi, and a diagonal one
 B diag(w) Bᵀ with w_o = Σ_i ã_i² / d_oi — C·O per sample instead of C·O·I. Other pieces get the
 explicit Jacobian B ⊗ ã, and parameters of other modules (conv, norms) torch.func Jacobians.
+
+``centre_parts`` replaces every Jacobian J by Π J with Π = I − 11ᵀ/C (B by Π B, the identity by Π,
+a [C, O] matrix shared by the batch): then the same formulas give Π J Λ⁻¹ Jᵀ Π, the covariance of
+the logits with their mean over the classes removed (see ``Laplace.functional_variance``).
 """
 
 from __future__ import annotations
@@ -44,13 +48,24 @@ class LinearTerm:
 
     def explicit(self) -> torch.Tensor:
         """J [b, C, n] in the layer's flat (weight, bias) order."""
-        C = self.layout.out_features if self.B is None else self.B.shape[1]
         if self.B is None:
+            C = self.layout.out_features
             eye = torch.eye(C, dtype=self.phi.dtype, device=self.phi.device)
             m = eye[None, :, :, None] * self.phi[:, None, None, :]
+        elif self.B.dim() == 2:  # one [C, O] matrix for the whole batch
+            m = self.B[None, :, :, None] * self.phi[:, None, None, :]
         else:
             m = self.B[:, :, :, None] * self.phi[:, None, None, :]
         return self.layout.from_matrix(m)
+
+    def centred(self) -> "LinearTerm":
+        """The same layer's term for Π f, Π = I − 11ᵀ/C: B ← Π B (Π itself when B = I)."""
+        if self.B is None:
+            C = self.layout.out_features
+            B = torch.eye(C, dtype=self.phi.dtype, device=self.phi.device) - 1.0 / C
+        else:
+            B = self.B - self.B.mean(-2, keepdim=True)
+        return LinearTerm(self.names, B, self.phi, self.layout)
 
     def weighted_gram(self, w: torch.Tensor, Q: torch.Tensor | None = None, diagonal: bool = False) -> torch.Tensor:
         """(B Q) diag(w) (B Q)ᵀ per sample (B = I when None), w [b, O]; only its diagonal with ``diagonal``."""
@@ -58,6 +73,9 @@ class LinearTerm:
             if Q is None:
                 return w if diagonal else torch.diag_embed(w)
             return w @ (Q**2).T if diagonal else torch.einsum("co,bo,do->bcd", Q, w, Q)
+        if self.B.dim() == 2:
+            BQ = self.B if Q is None else self.B @ Q
+            return w @ (BQ**2).T if diagonal else torch.einsum("co,bo,do->bcd", BQ, w, BQ)
         BQ = self.B if Q is None else self.B @ Q
         if diagonal:
             return torch.einsum("bco,bo->bc", BQ**2, w)
@@ -118,6 +136,25 @@ def chain_terms(model: nn.Module, names: list[str], x: torch.Tensor):
         for n, j in zip(other, torch.split(J, numels, -1)):
             parts[n] = j
     return f, parts
+
+
+def centre_jacobian(J: torch.Tensor) -> torch.Tensor:
+    """Π J for J [b, C, n]: the Jacobian of f − mean_c f_c."""
+    return J - J.mean(-2, keepdim=True)
+
+
+def centre_parts(parts: dict) -> dict:
+    """``chain_terms``' parts for Π f (a layer's weight and bias keep sharing one term)."""
+    done: dict = {}
+    out = {}
+    for n, t in parts.items():
+        if isinstance(t, LinearTerm):
+            if id(t) not in done:
+                done[id(t)] = t.centred()
+            out[n] = done[id(t)]
+        else:
+            out[n] = centre_jacobian(t)
+    return out
 
 
 def piece_fvar(pc, numels: dict, parts: dict, p: torch.Tensor, s, diagonal: bool = False) -> torch.Tensor:

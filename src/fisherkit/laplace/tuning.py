@@ -4,7 +4,8 @@
   every step reuses the factorisation of H, so a step costs one log-determinant.
 * ``"grid"``: the evidence on a grid of scalar P (log-spaced); the best grid point.
 * ``"cv"``: the predictive NLL on held-out ``val_data`` on a grid of scalar P (what laplace-torch
-  calls grid search; a post-hoc Laplace has one θ̂, so "cross-validation" means a validation set).
+  calls grid search; a post-hoc Laplace has one θ̂, so "cross-validation" means a validation set),
+  with the probit predictive (``predictive="probit"``) or the centred one (``"probit_centred"``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _grid(grid, dtype, device):
 
 def optimize_prior_precision(la, method: str = "marglik", *, prior_structure: str | None = None,
                              n_steps: int = 300, lr: float = 0.1, grid=None, val_data=None,
-                             fit_sigma: bool = False):
+                             fit_sigma: bool = False, predictive: str = "probit"):
     """Set ``la.prior_precision`` (and ``la.sigma``) by ``method``; returns the history as a list of dicts.
 
     ``prior_structure`` (``"scalar" | "layerwise" | "diagonal"``, default: the current one) is
@@ -53,6 +54,10 @@ def optimize_prior_precision(la, method: str = "marglik", *, prior_structure: st
         raise LaplaceError(f"n_steps must be a positive integer; got {n_steps!r}")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise LaplaceError(f"lr must be a positive number; got {lr!r}")
+    if predictive not in ("probit", "probit_centred"):
+        raise LaplaceError(f"predictive must be 'probit' or 'probit_centred'; got {predictive!r}")
+    if predictive == "probit_centred" and la.likelihood != "categorical":
+        raise LaplaceError("predictive='probit_centred' needs likelihood='categorical'")
     if method == "cv" and val_data is None:
         raise LaplaceError("method='cv' needs val_data=(X_val, y_val) (or an iterable of batches)")
     if method != "marglik" and structure not in (None, "scalar"):
@@ -63,7 +68,7 @@ def optimize_prior_precision(la, method: str = "marglik", *, prior_structure: st
         hist = _grid_search(la, _grid(grid, la.dtype, la.device), fit_sigma,
                             lambda p: float(la.log_marginal_likelihood(p)))
     else:
-        hist = _grid_search(la, _grid(grid, la.dtype, la.device), False, lambda p: -_val_nll(la, p, val_data))
+        hist = _grid_search(la, _grid(grid, la.dtype, la.device), False, lambda p: -_val_nll(la, p, val_data, predictive == "probit_centred"))
     la.tuning_history_ = hist
     return hist
 
@@ -121,10 +126,10 @@ def _best_sigma(la, p):
 
 
 @torch.no_grad()
-def _val_nll(la, p, val_data):
+def _val_nll(la, p, val_data, centred=False):
     total, n = 0.0, 0
     for X, y in iterate_data(val_data, la.batch_size):
-        f, fvar = la.functional_variance(X, prior_precision=p, diagonal=True)
+        f, fvar = la.functional_variance(X, prior_precision=p, diagonal=True, centred=centred)
         if la.likelihood == "gaussian":
             var = fvar + la.sigma**2
             yy = y.to(f.device, f.dtype).reshape(f.shape)
