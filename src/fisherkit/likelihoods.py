@@ -6,7 +6,7 @@ sequence positions, whose log-probabilities are summed per sample):
 * ``nll(f, y)``: per-sample negative log-likelihood, shape ``[B]`` (summed over ``E``);
 * ``sample(f, generator)``: labels y ~ p(y | f), seeded by a ``torch.Generator``;
 * ``residual(f, y)``: ∂ nll / ∂f, shape of ``f`` (the output-space direction of the score);
-* ``sqrt_fisher(f)``: S of shape ``[B, *E, C, K]`` with Λ = S Sᵀ the Fisher of p(y|f) with respect
+* ``sqrt_fisher(f)``: S of shape ``[B, *E, C, K]`` (categorical: K = C − 1) with Λ = S Sᵀ the Fisher of p(y|f) with respect
   to f (``Λ = E_y[r rᵀ] = ∂² nll / ∂f²``).
 
 With J = ∂f/∂θ, the true Fisher of one point is Jᵀ Λ J = Σ_k (Jᵀ s_k)(Jᵀ s_k)ᵀ: one backward
@@ -132,9 +132,23 @@ class Categorical(Likelihood):
         return _sum_extra((la.exp() * (la - lb)).sum(-1))
 
     def sqrt_fisher(self, f):
+        """S with C − 1 columns (Λ = diag(p) − p pᵀ has rank C − 1, so the exact kind needs one backward
+        direction fewer per position): S = diag(√p) H with H the columns of a Householder reflection R
+        other than the k-th, k = argmax p. R = I − 2uuᵀ/‖u‖² with u = √p + e_k maps √p to −e_k, so its
+        other columns are orthonormal and orthogonal to √p: H Hᵀ = I − √p√pᵀ and S Sᵀ = diag(p) − p pᵀ.
+        Reflecting about the largest entry keeps ‖u‖² = 2(1 + √p_k) ≥ 2: no cancellation for confident
+        predictions (where a cumulative-sum factor turns NaN)."""
         p = torch.softmax(f.detach(), dim=-1)
-        sp = p.sqrt()
-        return torch.diag_embed(sp) - p.unsqueeze(-1) * sp.unsqueeze(-2)
+        c = p.shape[-1]
+        q = p.sqrt()
+        k = q.argmax(-1, keepdim=True)
+        u = q.scatter_add(-1, k, torch.ones_like(k, dtype=q.dtype))  # √p + e_k
+        r = torch.eye(c, dtype=q.dtype, device=q.device) - (2 / (u * u).sum(-1, keepdim=True)).unsqueeze(-1) * (
+            u.unsqueeze(-1) * u.unsqueeze(-2))
+        cols = torch.arange(c - 1, device=q.device)
+        cols = cols + (cols >= k).to(cols.dtype)  # every column but k, per position: [..., C − 1]
+        h = r.gather(-1, cols.unsqueeze(-2).expand(*r.shape[:-1], c - 1))
+        return q.unsqueeze(-1) * h
 
 
 class Gaussian(Likelihood):
