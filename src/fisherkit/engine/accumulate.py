@@ -23,20 +23,23 @@ def hook_persample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**25) -> torch.Tensor:
     """Σ_n Σ_d (Σ_t g_{d,n,t} ã_{n,t}ᵀ)² elementwise, [O, I], for layers shared over T > 1 positions.
 
-    The per-sample gradients are formed a few samples at a time as one ``bmm`` per chunk in [n, d·o, i]
-    layout (no permuted copy of the output), squared in place and summed: the [D, B, O, I] tensor is
-    never held whole (peak ≈ ``chunk_bytes``)."""
+    One direction and a few samples at a time: the per-sample gradients are one ``bmm`` of g[d]ᵀ
+    ([n, O, T], a strided view whatever g's layout — conv or sequence — so nothing is copied) by ã
+    ([n, T, I]), squared in place and summed: the [D, B, O, I] tensor is never formed (peak ≈
+    ``chunk_bytes``)."""
     d, b, t, o = g.shape
     i = a.shape[-1]
-    gp = g.permute(1, 0, 3, 2).reshape(b, d * o, t)  # [B, D·O, T]
-    step = max(1, int(chunk_bytes // max(1, d * o * i * g.element_size())))
+    a = a.to(g.dtype)
+    step = max(1, int(chunk_bytes // max(1, o * i * g.element_size())))
     out = None
-    for s in range(0, b, step):
-        ps = torch.bmm(gp[s : s + step], a[s : s + step].to(g.dtype))  # [n, D·O, I]
-        ps.mul_(ps)
-        part = ps.sum(0)
-        out = part if out is None else out.add_(part)
-    return out.view(d, o, i).sum(0)
+    for k in range(d):
+        gk = g[k].transpose(1, 2)  # [B, O, T]
+        for s in range(0, b, step):
+            ps = torch.bmm(gk[s : s + step], a[s : s + step])  # [n, O, I]
+            ps.mul_(ps)
+            part = ps.sum(0)
+            out = part if out is None else out.add_(part)
+    return out
 
 
 def split_unit(u: HookUnit, m: torch.Tensor) -> dict[str, torch.Tensor]:
