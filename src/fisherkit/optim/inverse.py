@@ -6,9 +6,9 @@ Kronecker block rotates into the factor eigenbases, divides by the damped eigenv
 optimizer applies the *same* inverse for ``inv_every`` steps, so ``DampedInverse`` does that work
 once, when the curvature or the damping changes, and keeps:
 
-* KFAC with π-damping (the optimizer's default): the damped inverse factors
-  (G + (√λ/π) I)⁻¹ = Q_G diag(1/(λ_G + √λ/π)) Q_Gᵀ and (A + π√λ I)⁻¹ likewise, so a step is
-  N = G_λ⁻¹ [∇W | ∇b] A_λ⁻¹ — two matrix products per layer;
+* KFAC with π-damping (the optimizer's default): the damped inverse factors (G + (√λ/π) I)⁻¹ and
+  (A + π√λ I)⁻¹, by Cholesky (no eigendecomposition at all: ``Preconditioner._refresh`` skips it), so
+  a step is N = G_λ⁻¹ [∇W | ∇b] A_λ⁻¹ — two matrix products per layer;
 * KFAC with exact Tikhonov, and EKFAC: the bases and the reciprocal 1/(λ_G λ_Aᵀ + λ) resp. 1/(S + λ);
 * diagonal blocks: 1/(F̂ᵢᵢ + λ).
 
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ..curvature.linalg import check_damping, pi_factor
+from ..curvature.linalg import check_damping, pi_factor, safe_eigh
 
 
 class DampedInverse:
@@ -43,12 +43,12 @@ class DampedInverse:
                 self.other.append(b)
                 continue
             if b.kind == "kron":
-                (la, qa), (lg, qg) = b.eig_factors()
                 if pi_damping and damping > 0:
                     pi, root = pi_factor(b.A, b.G), math.sqrt(damping)
-                    key = ("inv", b.out_features, qa.shape[0], b.has_bias, _transposed(b))
-                    facs = ((qg / (lg + root / pi)) @ qg.T, (qa / (la + root * pi)) @ qa.T)
+                    key = ("inv", b.out_features, b.A.shape[0], b.has_bias, _transposed(b))
+                    facs = (damped_inverse(b.G, root / pi), damped_inverse(b.A, root * pi))
                 else:
+                    (la, qa), (lg, qg) = b.eig_factors()
                     lam = lg[:, None] * la[None, :]
                     check_damping(damping, float(lam.min()), float(lam.max()), f"KFAC block of {b.names}")
                     key = ("eig", b.out_features, qa.shape[0], b.has_bias, _transposed(b))
@@ -106,6 +106,17 @@ class DampedInverse:
             res = b.solve({n: grads[n].reshape(-1) for n in b.names}, self.damping, self.pi_damping)
             out.update({n: res[n].reshape(grads[n].shape) for n in b.names})
         return out
+
+
+def damped_inverse(m: torch.Tensor, c: float) -> torch.Tensor:
+    """(M + cI)⁻¹ of a symmetric PSD factor, c > 0: by Cholesky, or — if that fails (M not PSD to working
+    precision) — through ``safe_eigh`` with the eigenvalues clamped at 0, as ``KronBlock.solve`` does."""
+    sym = 0.5 * (m + m.T)
+    chol, info = torch.linalg.cholesky_ex(sym + c * torch.eye(m.shape[0], dtype=m.dtype, device=m.device))
+    if int(info) == 0:
+        return torch.cholesky_inverse(chol)
+    vals, vecs = safe_eigh(m)
+    return (vecs / (vals + c)) @ vecs.T
 
 
 def _transposed(block) -> bool:
