@@ -297,7 +297,8 @@ def plot_reliability_diagrams(results: dict):
         ax.set_ylabel("accuracy")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{model.upper()}, test digits rotated 45°, seed {results['seeds'][0]}", fontsize=9)
+        ax.set_title(f"{model.upper()}, test digits rotated 45°, seed {results['seeds'][0]}; "
+                     f"Laplace: {results.get('link', 'probit')}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
@@ -324,6 +325,7 @@ def plot_shift_curves(results: dict):
         for ax in row:
             ax.set_xlabel("rotation of the test digits (°)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"digits, mean over {len(results['seeds'])} seeds, prior by {results.get('tuning', 'marglik')}", fontsize=9)
+    fig.suptitle(f"digits, mean over {len(results['seeds'])} seeds, prior by {results.get('tuning', 'marglik')}, "
+                 f"Laplace predictive {results.get('link', 'probit')}", fontsize=9)
     fig.tight_layout()
     return fig
