@@ -162,6 +162,50 @@ def test_tied_embedding_and_head_are_one_parameter():
     assert K.info.names == F.info.names  # the head's Linear is not factored apart from its tied twin
 
 
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+def test_tied_weight_uses_are_summed_without_torch_func(kind, monkeypatch):
+    """Both uses of a tied weight (Embedding and Linear head) give closed-form per-sample gradients that
+    the engine sums before squaring: no per-sample torch.func pass, and every structure that keeps the
+    tied block (dense, block, diag) equals the brute force. A tied use that is not an Embedding/Linear
+    (or not called once) sends the weight, with all its uses, to torch.func instead."""
+    from fisherkit.engine import collect
+
+    def refuse(*a, **k):
+        raise AssertionError("torch.func per-sample pass used")
+
+    model, batch = _model(tie=True), _batch()
+    ref = reference(model, batch, kind)
+    monkeypatch.setattr(collect, "persample_grads", refuse)
+    for structure in ("dense", "block", "diag"):
+        F = fk.fisher(model, batch, structure=structure, kind=kind, shift_labels=True)
+        got = F.diag() if structure == "diag" else F.to_dense()
+        if structure == "block":  # per-module blocks: compare the tied weight's own block
+            idx = torch.arange(F.info.offsets[0], F.info.offsets[0] + F.info.numels[0])
+            got, want = got[idx][:, idx], ref[idx][:, idx]
+        else:
+            want = ref.diagonal() if structure == "diag" else ref
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_tied_use_off_the_closed_forms_sends_every_use_to_torch_func():
+    from fisherkit.engine.units import make_plan, settle
+
+    class Scaled(nn.Module):  # the head uses the tied weight through a custom module: no handler
+        def __init__(self, emb):
+            super().__init__()
+            self.weight = emb.weight
+
+        def forward(self, h):
+            return h @ self.weight.T
+
+    model = _model(tie=True)
+    model.head = Scaled(model.emb)
+    ids = _batch()["input_ids"]
+    plan = settle(model, make_plan(model, dict(model.named_parameters()), elementwise=True), {"input_ids": ids})
+    assert "emb.weight" in plan.func_names
+    assert all("emb.weight" not in u.names.values() for u in plan.elem_units)
+
+
 def test_only_trainable_parameters_by_default():
     model, batch = _model(), _batch()
     for n, p in model.named_parameters():
@@ -399,6 +443,22 @@ def test_gpt2_conv1d_layers_are_hooked():
     torch.testing.assert_close(F.to_dense(), R, rtol=1e-9, atol=1e-12 * float(R.abs().max()))
     Dg = fk.fisher(model, batch, structure="diag", params=params, shift_labels=True)
     torch.testing.assert_close(Dg.diag(), R.diagonal(), rtol=1e-9, atol=1e-12 * float(R.abs().max()))
+
+
+def test_gpt2_whole_model_has_no_torch_func_pass():
+    """All of a GPT2LMHeadModel — tied wte/lm_head, wpe, LayerNorms, Conv1Ds — off the per-sample torch.func
+    path; its diagonal equals the brute force."""
+    from fisherkit.engine.collect import settled_plan
+    from fisherkit.engine.units import make_plan
+
+    model = _tiny_gpt2()
+    batch = _batch(n=2)
+    chosen = dict(model.named_parameters())
+    plan = settled_plan(model, make_plan(model, chosen, elementwise=True), (0, {"input_ids": batch["input_ids"]}, None))
+    assert plan.func_names == []
+    D = fk.fisher(model, batch, structure="diag", shift_labels=True)
+    R = hf_reference(model, batch, D.info.names)
+    torch.testing.assert_close(D.diag(), R.diagonal(), rtol=1e-9, atol=1e-12 * float(R.abs().max()))
 
 
 @pytest.mark.parametrize("structure", ["kfac", "ekfac"])

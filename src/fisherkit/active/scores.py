@@ -111,11 +111,14 @@ def _scores_all(model, X, lik, top_classes, batch_size, params):
                 a = unit_activations(u, inp)
                 sq = _unit_sqnorm(a, unit_output_grads(u, gz))
                 score += (w * sq).sum(0)
-            for u, inp, gz in zip(plan.elem_units, inputs[nh:], gzs[nh:]):  # LayerNorm, Embedding, ...: closed form
+            per: dict = {}  # LayerNorm, Embedding, ...: closed form; a tied weight's uses summed before squaring
+            for u, inp, gz in zip(plan.elem_units, inputs[nh:], gzs[nh:]):
                 if gz is None:
                     continue
-                for g in u.handler.persample(u.module, inp, gz, u.names).values():
-                    score += (w * g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)).sum(0)
+                for n, g in u.handler.persample(u.module, inp, gz, u.names).items():
+                    per[n] = per[n] + g if n in per else g
+            for g in per.values():
+                score += (w * g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)).sum(0)
         if plan.func_names:
             grads = persample_grads(model, plan.func_names, x, v)
             for g in grads.values():

@@ -213,7 +213,8 @@ def gather(
                     for n, g in u.handler.persample(u.module, xin, gz, u.names).items():
                         if not _all_finite(g):
                             raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-                        stats.func[n] = _wide(g)
+                        # a tied weight's uses (embedding and LM head) are summed before any squaring
+                        stats.func[n] = stats.func[n] + _wide(g) if n in stats.func else _wide(g)
             if plan.func_names and need_func:
                 with _BatchNormEval(model):
                     grads = persample_grads(model, plan.func_names, x, vc, max_memory, adapter)

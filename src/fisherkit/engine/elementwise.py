@@ -129,11 +129,39 @@ class EmbeddingHandler(Handler):
         return {names["weight"]: out}
 
 
+class TiedLinearHandler(Handler):
+    """An ``nn.Linear`` whose weight is tied to another module's (GPT-2's LM head and its token embedding):
+    ∂/∂W = Σ_t gz_t ã_tᵀ per sample, handed out as a per-sample gradient so the engine can add the
+    other use's before squaring (a Kronecker unit cannot hold a sum of two layers' gradients)."""
+
+    params = ("weight", "bias")
+
+    def accepts(self, module):
+        return isinstance(module, nn.Linear)
+
+    def forward(self, module, x):
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+
+    def persample(self, module, x, gz, names):
+        d, b = gz.shape[:2]
+        a = x.reshape(b, -1, x.shape[-1]).to(gz.dtype)
+        g = gz.reshape(d, b, -1, gz.shape[-1])
+        out = {}
+        if "weight" in names:
+            out[names["weight"]] = torch.einsum("dbto,bti->dboi", g, a)
+        if "bias" in names:
+            out[names["bias"]] = g.sum(2)
+        return out
+
+
 HANDLERS: list[Handler] = [LayerNormHandler(), RMSNormHandler(), EmbeddingHandler()]
+TIED_HANDLERS: list[Handler] = [EmbeddingHandler(), TiedLinearHandler()]  # the uses of a tied weight
 
 
-def handler_for(module: nn.Module) -> Handler | None:
-    for h in HANDLERS:
+def handler_for(module: nn.Module, tied: bool = False) -> Handler | None:
+    """The handler of ``module``; ``tied``: for a module holding a tied weight (each use then gives its
+    per-sample gradient, and the engine sums the uses before squaring)."""
+    for h in TIED_HANDLERS if tied else HANDLERS:
         if h.accepts(module):
             return h
     return None

@@ -68,6 +68,7 @@ class ElemUnit:
     module_name: str
     handler: object  # engine.elementwise.Handler
     names: dict  # handler parameter ("weight") -> full parameter name
+    broadcast: bool = False  # called on one row shared by the batch (position ids [1, T]): expanded to B rows
 
     @property
     def weight(self) -> str:  # for messages
@@ -103,6 +104,12 @@ class Plan:
             return self
         gone = {id(u) for u in units}
         moved = {n for u in units for n in (u.names.values() if isinstance(u, ElemUnit) else u.names)}
+        grown = True
+        while grown:  # the other uses of a tied weight follow it (its gradient must be summed in one place)
+            more = [u for u in self.elem_units if id(u) not in gone and moved & set(u.names.values())]
+            gone |= {id(u) for u in more}
+            grown = bool(more)
+            moved |= {n for u in more for n in u.names.values()}
         return Plan(self.info, [u for u in self.hook_units if id(u) not in gone],
                     [n for n in self.info.names if n in moved or n in self.func_names],
                     [u for u in self.elem_units if id(u) not in gone])
@@ -126,20 +133,25 @@ def _hookable(module: nn.Module) -> bool:
     return True
 
 
-def _shared(model: nn.Module) -> set[int]:
-    """ids of parameters registered in more than one module (tied weights)."""
+def _shared(model: nn.Module) -> dict[int, int]:
+    """id → number of modules registering it, for parameters registered in more than one (tied weights)."""
     seen: dict[int, int] = {}
     for m in model.modules():
         for p in m._parameters.values():
             if p is not None:
                 seen[id(p)] = seen.get(id(p), 0) + 1
-    return {k for k, c in seen.items() if c > 1}
+    return {k: c for k, c in seen.items() if c > 1}
 
 
 def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool = True,
               elementwise: bool = False) -> Plan:
     """Assign each chosen parameter to a hook unit (Linear/Conv weight [+ bias]), an elementwise unit
-    (``elementwise=True``: LayerNorm, RMSNorm, Embedding) or to torch.func."""
+    (``elementwise=True``: LayerNorm, RMSNorm, Embedding) or to torch.func.
+
+    A tied weight (registered in several modules, e.g. GPT-2's token embedding and LM head) gets one
+    elementwise unit per use when every use is an Embedding or a Linear (``elementwise=True``): each
+    gives its per-sample gradient and the engine sums them before squaring. Otherwise it goes to
+    torch.func, which differentiates the shared tensor once."""
     from . import attention
     from .elementwise import handler_for
 
@@ -148,11 +160,22 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
     covered: set[str] = set()
     if use_hooks:
         tied = _shared(model)
+        name_of = {id(p): n for n, p in chosen.items()}
+        tied_uses: dict[str, list[ElemUnit]] = {}
         out_proj_of = attention.owners(model)
         for mname, module in model.named_modules():
             prefix = f"{mname}." if mname else ""
             own = {k: p for k, p in module._parameters.items() if p is not None}
             if any(id(p) in tied for p in own.values()):
+                h = handler_for(module, tied=True) if elementwise else None
+                if h is not None and set(own) <= set(h.params):
+                    names = {k: name_of[id(p)] for k, p in own.items() if id(p) in name_of}
+                    if names:
+                        unit = ElemUnit(module, mname, h, names)
+                        for k, p in own.items():
+                            if id(p) in tied and id(p) in name_of:
+                                tied_uses.setdefault(name_of[id(p)], []).append(unit)
+                        plan.elem_units.append(unit)
                 continue
             if _hookable(module):
                 w, b = prefix + "weight", prefix + "bias"
@@ -173,6 +196,13 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
                 if names and set(own) <= set(h.params):
                     plan.elem_units.append(ElemUnit(module, mname, h, names))
                     covered.update(names.values())
+        # a tied weight is covered only if every module registering it is one of its units
+        for n, uses in tied_uses.items():
+            if len(uses) != tied[id(chosen[n])]:
+                drop = {id(u) for u in uses}
+                plan.elem_units = [u for u in plan.elem_units if id(u) not in drop]
+        for u in plan.elem_units:
+            covered.update(u.names.values())
     plan.func_names = [n for n in chosen if n not in covered]
     if plan.func_names and plan.elem_units:
         # torch.func must run a per-sample pass over the model anyway: the elementwise parameters ride
@@ -184,11 +214,27 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
     return plan
 
 
+def _expanding(i, rows, on_io):
+    """A forward hook giving a module called on one shared row (``ElemUnit.broadcast``) an output expanded to
+    ``rows`` samples: the model computes the same (the row was broadcast against the batch anyway), and the
+    output's gradient is then per sample."""
+    def hook(m, inp, out):
+        if rows is None or out.shape[0] != 1:
+            on_io(i, inp[0], out)
+            return None
+        z = out.expand(rows, *out.shape[1:])
+        on_io(i, inp[0].expand(rows, *inp[0].shape[1:]), z)
+        return z
+
+    return hook
+
+
 def observe(units: list, on_io, native_without_grad: bool = False, check: list | None = None,
-            check_once: bool = False) -> list:
+            check_once: bool = False, rows: int | None = None) -> list:
     """Hooks calling ``on_io(i, x, z)`` with the input x and output z of ``units[i]`` at each forward; returns
     their handles. Units exposed by an attention module (``HookUnit.via``) get ``engine.attention``'s
-    recomputation (``native_without_grad`` / ``check`` / ``check_once``: see ``attention.install``)."""
+    recomputation (``native_without_grad`` / ``check`` / ``check_once``: see ``attention.install``);
+    broadcast units are expanded to ``rows`` samples (``_expanding``)."""
     from . import attention
 
     handles, vias = [], {}
@@ -199,6 +245,9 @@ def observe(units: list, on_io, native_without_grad: bool = False, check: list |
             if u.module is via:
                 vias[id(via)][1] = i
                 continue
+        if getattr(u, "broadcast", False):
+            handles.append(u.module.register_forward_hook(_expanding(i, rows, on_io)))
+            continue
         handles.append(u.module.register_forward_hook(lambda m, inp, out, i=i: on_io(i, inp[0], out)))
     for via, i in vias.values():
         record = None if i is None else (lambda x, z, i=i: on_io(i, x, z))
@@ -209,8 +258,8 @@ def observe(units: list, on_io, native_without_grad: bool = False, check: list |
 class Capture:
     """Forward hooks recording each hook unit's input and output during one forward pass."""
 
-    def __init__(self, units: list[HookUnit], settling: bool = False):
-        self.units = units
+    def __init__(self, units: list[HookUnit], settling: bool = False, rows: int | None = None):
+        self.units, self.rows = units, rows
         self.inputs: dict[int, list[torch.Tensor]] = {}
         self.outputs: dict[int, list[torch.Tensor]] = {}
         self.unmatched: list[nn.Module] = []  # attention modules whose recomputation differs (settling)
@@ -219,7 +268,7 @@ class Capture:
 
     def __enter__(self):
         self._handles = observe(self.units, self._record, native_without_grad=not self._settling,
-                                check=self.unmatched if self._settling else None)
+                                check=self.unmatched if self._settling else None, rows=self.rows)
         return self
 
     def _record(self, i, x, z):
@@ -239,22 +288,44 @@ class Capture:
                 if len(self.inputs.get(i, [])) != 1 or id(getattr(u, "via", None)) in bad]
 
 
-def _probe(model: nn.Module, units: list, x, rows: int) -> "Capture":
-    """One forward of the first ``rows`` rows of ``x`` with the units observed; nothing of the model changes."""
+def _probe(model: nn.Module, units: list, x, rows: int, grad: bool = False):
+    """``(capture, output)`` of one forward of the first ``rows`` rows of ``x`` with the units observed
+    (``grad``: with gradients recorded); nothing of the model changes."""
     from .adapters import call, slice_inputs
     from .functional import no_fused_attention
 
     saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics in train mode
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:  # the random streams too: a model in training mode (the optimizer's) may draw dropout masks
-        with torch.random.fork_rng(devices=cuda), Capture(units, settling=True) as cap, torch.no_grad(), \
-                no_fused_attention():
-            call(model, slice_inputs(x, slice(0, rows)))
+        with torch.random.fork_rng(devices=cuda), Capture(units, settling=True, rows=rows) as cap, \
+                torch.set_grad_enabled(grad), no_fused_attention():
+            out = call(model, slice_inputs(x, slice(0, rows)))
     finally:
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
-    return cap
+    return cap, out
+
+
+def _per_sample(out, zs, rows: int) -> bool:
+    """Whether the last sample's output depends on row ``rows − 1`` of each expanded output z only (what a
+    per-sample gradient from z needs): a model that uses the shared row as one tensor fails this."""
+    from .adapters import input_tensors
+
+    ts = [t for t in input_tensors(out) if t.is_floating_point() and t.requires_grad and t.dim() and t.shape[0] == rows]
+    if not ts or not all(z.requires_grad for z in zs):
+        return False
+    gs = torch.autograd.grad(ts[0][rows - 1].sum(), zs, allow_unused=True)
+    return all(g is not None and bool((g[: rows - 1] == 0).all()) and bool(g[rows - 1].abs().sum() > 0) for g in gs)
+
+
+def _same_output(a, b) -> bool:
+    from .adapters import input_tensors
+
+    ta, tb = input_tensors(a), input_tensors(b)
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and (not x.is_floating_point() or torch.allclose(x, y, rtol=1e-5, atol=1e-7))
+        for x, y in zip(ta, tb))
 
 
 def _positional(u) -> bool:
@@ -273,22 +344,42 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     flattened with positions) cannot be summed per sample from it: their parameters move to the
     torch.func path, which is right for any layout. The samples' dimension is found by two probe
     forwards of r and r − 1 rows (a dimension of size r that is not the samples' would have to
-    shrink with them). The probes run without gradients on a copy of the buffers, so nothing of the
-    model changes (BatchNorm running statistics included).
+    shrink with them). An elementwise unit called on one row shared by the batch (GPT-2's position
+    embedding looks up position ids of shape [1, T]) is kept as a ``broadcast`` unit — its output is
+    expanded to the batch, so its gradient is per sample — when a third probe with that expansion
+    gives the model's own output. The probes run without gradients on a copy of the buffers and the
+    RNG, so nothing of the model changes (BatchNorm running statistics included).
     """
     if not plan.units or x is None:
         return plan
+    from dataclasses import replace
+
     from .adapters import batch_len
 
     units = plan.units
     rows = min(batch_len(x), 8)
-    cap = _probe(model, units, x, rows)
+    cap, out = _probe(model, units, x, rows)
     bad = cap.misfired()
-    bad += [u for i, u in enumerate(units) if u not in bad and cap.inputs[i][0].shape[0] != rows]
+    shared = [u for i, u in enumerate(units) if rows >= 2 and isinstance(u, ElemUnit) and u not in bad
+              and cap.inputs[i][0].shape[0] == 1 and cap.outputs[i][0].shape[0] == 1]
+    bad += [u for i, u in enumerate(units) if u not in bad and u not in shared and cap.inputs[i][0].shape[0] != rows]
     if rows >= 2 and any(_positional(u) and cap.inputs[i][0].dim() >= 2 for i, u in enumerate(units) if u not in bad):
-        cap2 = _probe(model, units, x, rows - 1)
+        cap2, _ = _probe(model, units, x, rows - 1)
         bad += [u for i, u in enumerate(units) if u not in bad and
-                (len(cap2.inputs.get(i, [])) != 1 or cap2.inputs[i][0].shape[0] != rows - 1)]
+                (len(cap2.inputs.get(i, [])) != 1 or cap2.inputs[i][0].shape[0] != (1 if u in shared else rows - 1))]
+    shared = [u for u in shared if u not in bad]
+    if shared:
+        wide = [replace(u, broadcast=True) if u in shared else u for u in units]
+        cap3, out3 = _probe(model, wide, x, rows, grad=True)
+        zs = [cap3.outputs[i][0] for i, u in enumerate(wide) if getattr(u, "broadcast", False)]
+        if _same_output(out, out3) and _per_sample(out3, zs, rows):
+            plan = Plan(plan.info, plan.hook_units, plan.func_names,
+                        [replace(u, broadcast=True) if u in shared else u for u in plan.elem_units])
+            swap = {id(a): b for a, b in zip(units, plan.units)}
+            bad = [swap.get(id(u), u) for u in bad]
+            units = plan.units
+        else:
+            bad += shared
     for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
         if isinstance(u, ElemUnit) and all(u is not b for b in bad):
             try:
@@ -312,7 +403,9 @@ def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
     units = plan.units
     from .adapters import DEFAULT
 
-    with Capture(units) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
+    from .adapters import batch_len
+
+    with Capture(units, rows=batch_len(x)) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
         out = (adapter or DEFAULT).forward(model, x)
     bad = cap.misfired()
     if bad:
