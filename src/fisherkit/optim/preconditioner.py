@@ -42,7 +42,7 @@ from ..curvature.blocks import EKronBlock
 from ..engine.functional import persample_grads
 from ..engine.adapters import make_adapter
 from ..engine.record import Recorder
-from ..engine.units import make_plan
+from ..engine.units import make_plan, settle
 from ..errors import FisherkitError, NonFiniteError
 from ..likelihoods import get_likelihood
 from ..params import select_params
@@ -183,15 +183,21 @@ class Preconditioner:
     def _ingest(self):
         rec = self.recorder
         bad = rec.misfired() if self.updates == 0 else []
+        if self.updates == 0 and rec.batch is not None and self.plan.hook_units:
+            # the engine's own check (two probe forwards, no gradients, RNG and buffers kept): a layer that
+            # sees the samples in another dimension than the first (sequence-first) cannot be hooked
+            kept = {id(u) for u in settle(self.model, self.plan, rec.batch.x).hook_units}
+            bad += [i for i, u in enumerate(self.plan.hook_units) if id(u) not in kept and i not in bad]
         b = rec.finish()
         if bad:  # e.g. a layer reused twice, or bypassed: its parameters go to the torch.func path
             gone = [self.plan.hook_units[i] for i in bad]
             warnings.warn("layers " + ", ".join(repr(u.module_name) for u in gone) + " were not called exactly "
-                          "once per forward; their parameters use a torch.func Fisher (diagonal for kfac/ekfac)",
-                          stacklevel=4)
+                          "once per forward with the samples in their first dimension; their parameters use a "
+                          "torch.func Fisher (diagonal for kfac/ekfac)", stacklevel=4)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._start(self.plan.without(gone))
+            b.hook = [t for t in b.hook if all(t[0] is not u for u in gone)]
         self.last_batch = b
         if self.structure == "implicit":
             return b
@@ -254,7 +260,7 @@ class Preconditioner:
                 S = decay * prior + (1 - decay) * s_batch[w]
             else:
                 S = self.ema * old[w] + (1 - self.ema) * s_batch[w]
-            blocks.append(EKronBlock(b.names, b.numels, b.out_features, b.has_bias, qa, qg, S))
+            blocks.append(EKronBlock(b.names, b.numels, b.out_features, b.has_bias, qa, qg, S, b.transposed))
         self.curvature = EKFAC(self.info, 1, self.kind, self.lik.to_config(), blocks)
         self._basis_new, self._last_stats, self._empty_rank = False, None, False
 
