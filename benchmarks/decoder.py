@@ -311,8 +311,7 @@ def section_markdown(report: dict) -> str:
     lines[0] = lines[0].replace(f"batch {report['batch']}", f"batch {report['batch']} (M5: 8 sequences of 128 tokens)")
     if "merged" in report:
         mg = report["merged"]
-        lines[0] = lines[0].replace("\n", f" The {', '.join(m['model'] for m in report['models'] if m['model'] == 'M5hf')} "
-                                    f"rows come from `{mg['file']}` ({mg['date']}; "
+        lines[0] = lines[0].replace("\n", f" Rows of other runs come from `{mg['file']}` ({mg['date']}; "
                                     f"{', '.join(f'{k} {v}' for k, v in mg['versions'].items())}).\n", 1)
     loads = [f"{m['model']} {m['load_start']:.1f} → {m['load_end']:.1f}" for m in report["models"] if "load_end" in m]
     if loads:
@@ -351,3 +350,21 @@ def write_section(report: dict, path: Path, section: str) -> None:
     else:
         text = text + ("\n" if text else "") + block + "\n"
     path.write_text(text)
+
+
+def render(files: list[str], path: Path, section: str) -> None:
+    """One Markdown block from several results files (runs made in different venvs or processes): their models,
+    decoder memory and curvlinops checks side by side; the first file's header."""
+    reports = [json.loads(Path(f).read_text()) for f in files]
+    report = dict(reports[0], models=[m for r in reports for m in r["models"]])
+    report["memory_decoders"] = {k: v for r in reports for k, v in r.get("memory_decoders", {}).items()}
+    report.pop("merged", None)
+    if len(reports) > 1:
+        report["merged"] = dict(file=", ".join(files[1:]), date=" / ".join(r["machine"]["date"] for r in reports[1:]),
+                                versions=reports[1]["machine"]["versions"])
+    write_section(report, path, section)
+
+
+if __name__ == "__main__":  # python benchmarks/decoder.py A.json,B.json SECTION FILE.md
+    sys.path.insert(0, str(HERE))
+    render(sys.argv[1].split(","), Path(sys.argv[3]), sys.argv[2])
