@@ -148,6 +148,7 @@ def fisher(
                            need_func=acc.needs_func[p], total=total, adapter=adapter, per_token=per_token)
             for bs in _dist.local_batches(stats, process_group, what):
                 acc.add(bs)
+                bs = None  # this batch's statistics are freed before the next forward runs
             acc.load_sums(*all_reduce_sums(acc.sums(), acc.n, process_group, what, device))
     return acc.finish(ops)
 

@@ -123,6 +123,7 @@ def local_batches(iterable: Iterable, process_group=None, what: str = "fisher") 
         for item in iterable:
             seen += 1
             yield item
+            item = None  # not kept alive while the next batch is computed
     except FisherkitError as e:
         if seen == 0 and str(e).startswith("data is empty"):
             return

@@ -15,20 +15,25 @@ from torch.func import jvp, vjp, vmap
 
 
 @contextlib.contextmanager
-def no_fused_attention():
-    """Use plain-op attention: fused Transformer / flash kernels have no forward-mode AD or vmap rules."""
+def no_fused_attention(math_sdpa: bool = True):
+    """Use plain-op attention: fused Transformer / flash kernels have no forward-mode AD or vmap rules.
+
+    ``math_sdpa=False`` keeps the fused ``scaled_dot_product_attention`` kernels (a backward along one
+    direction needs no vmap; they do not store the T × T attention weights) and only turns off the
+    ``nn.MultiheadAttention`` / ``TransformerEncoderLayer`` fast path, which would bypass the hooks."""
     with contextlib.ExitStack() as stack:
         mha = getattr(torch.backends, "mha", None)
         if mha is not None and hasattr(mha, "set_fastpath_enabled"):
             before = mha.get_fastpath_enabled()
             mha.set_fastpath_enabled(False)
             stack.callback(mha.set_fastpath_enabled, before)
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        if math_sdpa:
+            try:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        except ImportError:  # pragma: no cover - older torch
-            pass
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            except ImportError:  # pragma: no cover - older torch
+                pass
         yield
 
 

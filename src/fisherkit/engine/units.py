@@ -392,7 +392,7 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     return plan.without(bad)
 
 
-def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
+def capture_forward(model: nn.Module, x, plan: Plan, adapter=None, one_direction: bool = False):
     """One forward pass with hooks on the plan's (settled) units.
 
     Returns ``(output, inputs, outputs)``, the last two aligned with ``plan.units`` (hook units, then
@@ -405,7 +405,10 @@ def capture_forward(model: nn.Module, x, plan: Plan, adapter=None):
 
     from .adapters import batch_len
 
-    with Capture(units, rows=batch_len(x)) as cap, torch.set_grad_enabled(bool(units)), no_fused_attention():
+    # one backward direction (mc with one sample, empirical): no vmap over the backward, so the fused
+    # attention kernels may stay (faster; no T × T weights stored)
+    with Capture(units, rows=batch_len(x)) as cap, torch.set_grad_enabled(bool(units)), \
+            no_fused_attention(math_sdpa=not one_direction):
         out = (adapter or DEFAULT).forward(model, x)
     bad = cap.misfired()
     if bad:
