@@ -8,6 +8,7 @@ parameter the per-sample gradients ``[D, B, *shape]``. ``engine.accumulate`` tur
 from __future__ import annotations
 
 import contextlib
+import math
 
 from dataclasses import dataclass, field
 
@@ -188,13 +189,13 @@ def gather(
             elems, inputs, zs = [], inputs[:nh], zs[:nh]
         y_ok, mask = adapter.prepare_labels(y, lik.name)  # ignored positions: a valid label, zeroed below
         lik.check(out, y_ok if kind == "empirical" or mask is not None else None, i)
-        v = directions(lik, out, y_ok, kind, mc_samples, generator, i, mask=mask)
+        v = directions(lik, out, y_ok, kind, mc_samples, generator, i, mask=mask, lazy=True)
         count = sample_count(x, out, mask, per_token)
         acts = [_wide(unit_activations(u, a)) for u, a in zip(units, inputs[:nh])]
         # Bounded memory: the output gradients of all D directions take D·Σ|z|·itemsize bytes (about 3× that
         # with temporaries); above max_memory the directions go through the backward in chunks.
         d_total = v.shape[0]
-        per_direction = 3 * sum(z.numel() for z in zs) * v.element_size()
+        per_direction = (3 * sum(z.numel() for z in zs) + math.prod(v.shape[1:])) * v.element_size()
         chunk = max(1, min(d_total, int(max_memory // max(1, per_direction))))
         for c0 in range(0, d_total, chunk):
             vc = v[c0 : c0 + chunk]

@@ -31,6 +31,34 @@ def exact_directions(lik: Likelihood, f: torch.Tensor) -> torch.Tensor:
     return v.reshape(e * k, b, *extra, c)
 
 
+class ExactDirections:
+    """The exact kind's directions ``[E·K, B, *E, C]`` built a chunk at a time (``[a:b]``): direction
+    d = e·K + j is column j of S at position e and zero elsewhere, so the whole tensor (E² large for
+    sequences: 12,416 × 128 × 97 floats for one GPT-2-style sequence) is never materialised; only the
+    chunks ``collect.gather`` sends through the backward, sized to ``max_memory``."""
+
+    def __init__(self, lik: Likelihood, f: torch.Tensor, mask: torch.Tensor | None = None):
+        s = lik.sqrt_fisher(f)  # [B, *E, C, K]
+        self.b, self.c, self.k = s.shape[0], s.shape[-2], s.shape[-1]
+        self.extra = tuple(s.shape[1:-2])
+        self.e = math.prod(self.extra)
+        self.s = s.reshape(self.b, self.e, self.c, self.k)
+        if mask is not None:
+            self.s = self.s * mask.reshape(self.b, self.e, 1, 1).to(self.s.dtype)
+        self.shape = (self.e * self.k, self.b, *self.extra, self.c)
+        self.dtype = s.dtype
+
+    def element_size(self) -> int:
+        return self.s.element_size()
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        idx = torch.arange(self.shape[0], device=self.s.device)[sl]
+        pos, col = idx // self.k, idx % self.k
+        v = self.s.new_zeros(len(idx), self.b, self.e, self.c)
+        v[torch.arange(len(idx), device=idx.device), :, pos, :] = self.s[:, pos, :, col]  # both [n, B, C]
+        return v.reshape(len(idx), self.b, *self.extra, self.c)
+
+
 def directions(
     lik: Likelihood,
     f: torch.Tensor,
@@ -40,12 +68,18 @@ def directions(
     generator: torch.Generator | None = None,
     batch: int | None = None,
     mask: torch.Tensor | None = None,
+    lazy: bool = False,
 ) -> torch.Tensor:
     """Backward directions ``[D, B, *E, C]`` for one batch (detached).
 
     ``mask`` ``[B, *E]`` (True = counted): directions at other positions are zero, so those
-    positions (labels ``ignore_index``) are left out of every kind.
+    positions (labels ``ignore_index``) are left out of every kind. ``lazy``: the exact kind with
+    output positions (E > 1) as an ``ExactDirections`` that builds chunks on demand.
     """
+    if lazy and kind == "exact":
+        d = ExactDirections(lik, f.detach(), mask)
+        if d.e > 1:
+            return d
     v = _directions(lik, f.detach(), y, kind, mc_samples, generator, batch)
     if mask is not None:
         v = v * mask.unsqueeze(0).unsqueeze(-1).to(v.dtype)
