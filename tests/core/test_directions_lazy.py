@@ -42,3 +42,25 @@ def test_fisher_sends_bounded_chunks_of_exact_directions(monkeypatch):
     full = t * (v - 1) * 2 * t * v * 8  # the whole direction tensor of one batch, in bytes
     assert max(seen) <= budget < full and len(seen) > 1
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-15)
+
+
+def test_the_forward_records_no_graph_upstream_of_the_chosen_parameters(monkeypatch):
+    """params= a head only: the capture forward runs with the other parameters frozen (restored after,
+    also when the forward raises), so the embedding's output carries no graph; the result is unchanged."""
+    from fisherkit.engine import units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 4), nn.Tanh(), nn.Linear(4, 11)).double().eval()
+    ids = torch.randint(0, 11, (3, 5))
+    flags = []
+    model[0].register_forward_hook(lambda m, i, o: flags.append(o.requires_grad))
+    F = fk.fisher(model, (ids, ids), kind="exact", structure="dense", params=["2.weight", "2.bias"]).to_dense()
+    assert flags and not flags[-1]  # the capture forward (the last one) recorded no graph at the embedding
+    ref = fk.fisher(model, (ids, ids), kind="exact", structure="dense").to_dense()
+    assert flags[-1]  # all parameters: it does
+    n = F.shape[0]
+    assert torch.allclose(F, ref[-n:, -n:], rtol=1e-12, atol=1e-15)
+    assert all(p.requires_grad for p in model.parameters())
+    with units.only_chosen_grads(model, ["2.weight"]):
+        assert not model[0].weight.requires_grad and model[2].weight.requires_grad
+    assert all(p.requires_grad for p in model.parameters())

@@ -17,6 +17,8 @@ given to a hook: its per-sample gradient must sum both uses before squaring, whi
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 
 import torch
@@ -392,6 +394,22 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     return plan.without(bad)
 
 
+@contextlib.contextmanager
+def only_chosen_grads(model: nn.Module, names: list[str]):
+    """Inside, only the chosen parameters require gradients, so the forward records no graph upstream of the
+    first of them (the Fisher of a head or of LoRA adapters does not hold the whole model's activations);
+    restored on exit, whatever happens."""
+    keep = set(names)
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and n not in keep]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def capture_forward(model: nn.Module, x, plan: Plan, adapter=None, one_direction: bool = False):
     """One forward pass with hooks on the plan's (settled) units.
 
@@ -408,7 +426,7 @@ def capture_forward(model: nn.Module, x, plan: Plan, adapter=None, one_direction
     # one backward direction (mc with one sample, empirical): no vmap over the backward, so the fused
     # attention kernels may stay (faster; no T × T weights stored)
     with Capture(units, rows=batch_len(x)) as cap, torch.set_grad_enabled(bool(units)), \
-            no_fused_attention(math_sdpa=not one_direction):
+            no_fused_attention(math_sdpa=not one_direction), only_chosen_grads(model, plan.info.names):
         out = (adapter or DEFAULT).forward(model, x)
     bad = cap.misfired()
     if bad:
