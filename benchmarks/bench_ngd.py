@@ -45,11 +45,12 @@ QUICK_STEPS = {"mlp": 100, "cnn": 105, "ae": 210, "lm": 120}
 EVAL_EVERY = {"mlp": 5, "cnn": 15, "ae": 21, "lm": 20}
 
 # the natural-gradient settings (no per-task tuning): Adam-grafted step length, heavy-ball momentum,
-# statistics every 5 steps and inverses every 10 (amortised; see the ablations), fixed damping, and Adam's
+# statistics every 10 steps and inverses every 20 (amortised; see the ablations), fixed damping, and Adam's
 # step for the parameters KFAC does not factor (embeddings, LayerNorms: none in the digits models).
-# Result files before this round (bench_ngd.json, _lm, _extra, _retime) used update_every=10, inv_every=20
-# and fallback="diag" (their "kfac_settings" entry).
-KFAC = dict(structure="kfac", kind="mc", damping=1e-3, update_every=5, inv_every=10, ema=0.95, momentum=0.9,
+# Every result file records the settings it ran with ("kfac_settings"; --kfac overrides them for a run):
+# bench_ngd.json, _lm, _extra, _retime: fallback="diag"; bench_ngd_lm1000(_ablation): update_every=5,
+# inv_every=10.
+KFAC = dict(structure="kfac", kind="mc", damping=1e-3, update_every=10, inv_every=20, ema=0.95, momentum=0.9,
             graft="adam", fallback="adam")
 GRIDS = {
     "adamw": (1e-3, 3e-3, 1e-2, 3e-2),
@@ -79,6 +80,7 @@ ABLATION_GRID = {"kfac:no-graft": (0.03, 0.1, 0.3, 1.0)}
 LM_ABLATION = {
     "kfac:every-step": dict(update_every=1, inv_every=1),
     "kfac:every-10/20": dict(update_every=10, inv_every=20),
+    "kfac:every-5/10": dict(update_every=5, inv_every=10),
     "kfac:fallback-diag": dict(fallback="diag"),
     "kfac:reduce": dict(kfac_approx="reduce"),
     "kfac:empirical": dict(kind="empirical"),
@@ -424,11 +426,21 @@ def plot(res, figdir, prefix="ngd"):
                 ax.plot(x, med, label=m)
         labels = ("training steps",) + (("training CPU seconds (1 thread)",) if cpu else ()) + \
             ("training wall seconds (shared machine)",)
+        lo = hi = None
+        if "target_rule" in t:  # zoom on where the target is decided: from the lowest median to AdamW's at 10 %
+            ref = t["methods"]["adamw"]["curves"]
+            n = min(len(c) for c in ref)
+            lo = min(min(statistics.median(cc[i][2] for cc in r["curves"] if len(cc) > i)
+                         for i in range(min(len(c) for c in r["curves"])))
+                     for r in t["methods"].values() if all(math.isfinite(e[2]) for c in r["curves"] for e in c))
+            hi = statistics.median(c[max(1, n // 10)][2] for c in ref)
         for ax, xl in zip(axes, labels):
             ax.axhline(t["target"], color="grey", ls=":", lw=1)
             ax.set_xlabel(xl)
             ax.set_ylabel("validation loss")
             ax.set_yscale("log")
+            if lo is not None and hi > lo:
+                ax.set_ylim(lo - 0.03 * (hi - lo), hi)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{name}: median over {len(res['seeds'])} seed(s); dotted = target ({_rule_text(t)})")
         fig.tight_layout()
@@ -516,6 +528,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-lr", default=None, help="METHOD=LR,...: these methods run at this rate, no grid "
                     "(the one-factor ablation: every variant at the recommended setting's rate)")
     ap.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
+    ap.add_argument("--kfac", default=None, help="JSON merged into the KFAC settings for this run, e.g. "
+                    "'{\"update_every\": 5, \"inv_every\": 10}' (recorded as kfac_settings)")
     ap.add_argument("--lrs-from", type=Path, nargs="+", default=None,
                     help="result JSON files whose chosen learning rates are reused (no grid): a re-timing run")
     ap.add_argument("--render", type=Path, nargs="+", default=None,
@@ -533,7 +548,9 @@ def main(argv=None) -> int:
             if not args.no_figures:
                 print("figures:", ", ".join(plot(res, args.figures, args.figure_prefix)))
         return 0
-    seeds = [0] if args.quick else list(range(args.seeds))
+    seeds = [args.first_seed] if args.quick else list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.kfac:
+        KFAC.update(json.loads(args.kfac))
     methods = args.methods.split(",") if args.methods else (
         ["adamw", "sgd", "kfac", "ekfac"] + (["soap", "psgd"] if heavyball_available() else []))
     if "adamw" not in methods:
