@@ -336,8 +336,9 @@ def table(res):
     lines = []
     for name, t in res["tasks"].items():
         extra = "".join(f", {k} {t[k]}" for k in ("batch_size", "schedule") if k in t)
-        lines.append(f"\n### {name}: target val loss {t['target']:.4f} ({_rule_text(t)}; AdamW's median best "
-                     f"{t['target_best']:.4f}), {t['steps']} steps{extra}, {len(res['seeds'])} seed(s)\n")
+        also = "" if abs(t["target"] - t["target_best"]) < 1e-12 else f"; AdamW's median best {t['target_best']:.4f}"
+        lines.append(f"\n### {name}: target val loss {t['target']:.4f} ({_rule_text(t)}{also}), {t['steps']} steps"
+                     f"{extra}, {len(res['seeds'])} seed(s)\n")
         cpu = any(r.get("cpu_ms_per_step") is not None for r in t["methods"].values())
         head = ("| optimizer | lr grid | lr | final val | steps→target | ×AdamW | wall s→target | ×AdamW "
                 + ("| CPU s→target | ×AdamW " if cpu else "") + "| ms/step " + ("| CPU ms/step " if cpu else "")
@@ -400,6 +401,9 @@ def digits_check(seeds, log):
     return out
 
 
+COLORS = {"adamw": "C0", "sgd": "C1", "kfac": "C2", "ekfac": "C3", "soap": "C4", "psgd": "C5", "eigenadam": "C6"}
+
+
 def plot(res, figdir, prefix="ngd"):
     """Per task: median validation loss over seeds against steps, CPU seconds and wall seconds."""
     import matplotlib
@@ -422,8 +426,9 @@ def plot(res, figdir, prefix="ngd"):
                 continue
             xs = [[p[0] for p in c]] + [[statistics.median(cc[i][col] for cc in r["curves"] if len(cc) >= n)
                                          for i in range(n)] for col in ((3, 1) if cpu else (1,))]
+            color = COLORS.get(m)
             for ax, x in zip(axes, xs):
-                ax.plot(x, med, label=m)
+                ax.plot(x, med, label=m, color=color, ls="-" if ":" not in m else "--")
         labels = ("training steps",) + (("training CPU seconds (1 thread)",) if cpu else ()) + \
             ("training wall seconds (shared machine)",)
         lo = hi = None
@@ -451,16 +456,16 @@ def plot(res, figdir, prefix="ngd"):
     return paths
 
 
-def profile(task_name, methods, steps, batch_size, corpus, log):
+def profile(task_name, methods, steps, batch_size, corpus, log, rounds=2):
     """Where a step's time goes: per optimizer, median CPU ms of forward (with the recorder's hooks),
     backward and ``step()``, split by what the step did (plain / statistics / inverse refresh), and the
-    mean over ``steps`` steps. Two rounds, interleaved (the machine is shared)."""
+    mean over ``steps`` steps. ``rounds`` rounds, the optimizers interleaved in each (the machine is shared)."""
     task = TASKS[task_name]()
     task.corpus = corpus
     if batch_size:
         task.batch_size = batch_size
     out = {}
-    for rnd in range(2):
+    for rnd in range(rounds):
         for m in methods:
             model = task.model(0)
             opt = make_optimizer(m, model, grid_for(m, True, task_name, None)[0], task, 0)
@@ -520,6 +525,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="only profile a step (CPU ms of forward / backward / step by kind) of --methods on the "
                          "first task")
+    ap.add_argument("--rounds", type=int, default=2, help="--profile: interleaved rounds")
     ap.add_argument("--plot-variants", action="store_true", help="also plot the kfac:<variant> curves")
     ap.add_argument("--figure-prefix", default="ngd")
     ap.add_argument("--out", type=Path, default=None)
@@ -562,7 +568,7 @@ def main(argv=None) -> int:
 
     if args.profile:
         name = args.tasks.split(",")[0]
-        prof = profile(name, methods, args.steps or 60, args.batch_size, args.corpus, log)
+        prof = profile(name, methods, args.steps or 60, args.batch_size, args.corpus, log, args.rounds)
         if args.out:
             args.out.write_text(json.dumps({"task": name, "batch_size": args.batch_size, "corpus": args.corpus,
                                             "kfac_settings": KFAC, "variants": {m: VARIANTS.get(m) for m in methods},
