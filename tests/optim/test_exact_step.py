@@ -103,3 +103,33 @@ def test_empirical_kind_rescales_mean_loss_gradients():
     (gaussian_loss(model2, X, Y, sigma) * X.shape[0]).backward()
     pre2.step()
     assert torch.allclose(next(iter(pre2.curvature.factors().values()))[1], G, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-6, float("nan"), float("inf"), "1e-6", True])
+def test_bad_cg_tol_refused_before_any_hook(bad):
+    model, *_ = linear_gaussian()
+    with pytest.raises(fk.FisherkitError, match="cg_tol"):
+        NaturalGradient(model, structure="implicit", cg_tol=bad)
+    assert not model._forward_hooks and not model._forward_pre_hooks  # nothing was installed
+    with pytest.raises(fk.FisherkitError, match="cg_tol"):
+        Preconditioner(model, structure="implicit", cg_tol=bad)
+
+
+def test_cg_tol_reaches_the_solver():
+    """Reference: conjugate gradients from x₀ = 0 take, as their first iterate, the exact line search along g,
+    x₁ = (gᵀg / gᵀAg) g with A = F + λI (closed-form F), and stop there when ‖g − A x₁‖ ≤ cg_tol · ‖g‖.
+    A tolerance between ‖r₁‖/‖g‖ and 1 must give exactly x₁; the default tolerance gives A⁻¹g."""
+    lam = 0.05
+    model, X, Y, sigma = linear_gaussian()
+    model.zero_grad()
+    gaussian_loss(model, X, Y, sigma).backward()
+    g = flat_grads(model)
+    A = closed_form_fisher(X, Y.shape[1], sigma) + lam * torch.eye(g.numel(), dtype=g.dtype)
+    x1 = (g @ g) / (g @ A @ g) * g
+    r1 = (g - A @ x1).norm() / g.norm()
+    assert r1 < 0.9  # so a tolerance in between exists
+    for tol, expected in ((0.5 * (1 + float(r1)), x1), (1e-10, torch.linalg.solve(A, g))):
+        _, _, _, _, _, g_, step, opt = one_step("implicit", damping=lam, cg_tol=tol, cg_iters=100)
+        assert opt.pre.cg_tol == tol
+        assert torch.allclose(g_, g)
+        assert torch.allclose(step, -expected, rtol=1e-8, atol=1e-12), (step + expected).abs().max()

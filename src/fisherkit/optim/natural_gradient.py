@@ -58,6 +58,8 @@ class NaturalGradient(torch.optim.Optimizer):
             direction and take the length of Adam's step g/(√v̂+ε) (``graft_beta2``, ``graft_eps``) or
             of the gradient (SGD). The learning rate then has Adam's / SGD's scale and survives changes
             of damping and of the curvature's scale.
+        cg_tol: ``structure="implicit"``: conjugate gradients stop once the residual is ≤ ``cg_tol`` × ‖g‖
+            (or after ``cg_iters`` iterations); a finite number > 0.
         adaptive_damping: Levenberg–Marquardt rule every ``lm_every`` steps (needs ``closure``).
         skip_nonfinite: skip (and count in ``skipped_steps``) steps whose loss or gradient is not
             finite, instead of raising ``NonFiniteError``.
@@ -82,11 +84,12 @@ class NaturalGradient(torch.optim.Optimizer):
     def __init__(self, model, lr=0.1, structure="kfac", kind="mc", damping=1e-3, update_every=10, ema=0.95,
                  kl_clip=None, momentum=0.0, weight_decay=0.0, likelihood="categorical", inv_every=None,
                  adaptive_damping=False, lm_every=5, lm_omega=2 / 3, skip_nonfinite=False, diagnostics=False,
-                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, generator=None, params=None,
-                 process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic", kl_backtracks=10,
-                 graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None, fallback="diag",
-                 kfac_approx="expand"):
+                 pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None,
+                 params=None, process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic",
+                 kl_backtracks=10, graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None,
+                 fallback="diag", kfac_approx="expand"):
         check_positive("lr", lr)
+        check_positive("cg_tol", cg_tol)  # also checked by the Preconditioner; here before torch's state is built
         check_choice("fallback", fallback, ("diag", "adam"))
         if fallback == "adam" and structure not in ("kfac", "ekfac"):
             raise FisherkitError(f"fallback='adam' is for the parameters KFAC/EKFAC cannot factor; structure="
@@ -125,7 +128,7 @@ class NaturalGradient(torch.optim.Optimizer):
         self.pre = Preconditioner(model, structure=structure, kind=kind, likelihood=likelihood, damping=damping,
                                   update_every=update_every, inv_every=inv_every, ema=ema, pi_damping=pi_damping,
                                   mc_samples=mc_samples, loss_reduction=loss_reduction, cg_iters=cg_iters,
-                                  generator=generator, seed=seed, kfac_approx=kfac_approx,
+                                  cg_tol=cg_tol, generator=generator, seed=seed, kfac_approx=kfac_approx,
                                   params=[p for n, p in self.params.items() if n not in skip])
         self.model, self.kl_clip, self.kl_clip_mode, self.kl_backtracks = model, kl_clip, kl_clip_mode, kl_backtracks
         self.graft, self.graft_beta2, self.graft_eps = graft, graft_beta2, graft_eps

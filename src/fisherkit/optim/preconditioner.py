@@ -76,6 +76,8 @@ class Preconditioner:
         generator: the Monte-Carlo labels' randomness — an int seed (default 0) or a ``torch.Generator``
             on the model's device (used as handed over); its state is saved in ``state_dict``.
             ``seed=`` is the older name.
+        cg_iters, cg_tol: ``structure="implicit"``: conjugate gradients stop after ``cg_iters`` iterations or
+            once the residual ‖g − (F_batch + λI)x‖ ≤ ``cg_tol`` · ‖g‖ (relative; a finite number > 0).
         output, shift_labels, ignore_index: as for ``fk.fisher`` — models with dict / HF outputs and
             causal LMs; labels passed as ``model(..., labels=...)`` leave out positions labelled
             ``ignore_index``.
@@ -100,6 +102,7 @@ class Preconditioner:
         check_every("inv_every", inv_every)
         check_every("mc_samples", mc_samples)
         check_every("cg_iters", cg_iters)
+        check_positive("cg_tol", cg_tol)
         check_fraction("ema", ema)
         check_choice("kfac_approx", kfac_approx, ("expand", "reduce"))
         self.kfac_approx = kfac_approx
