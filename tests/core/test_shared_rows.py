@@ -1,6 +1,7 @@
-"""Modules called on one row shared by the whole batch (position embeddings looked up with ids [1, T],
-as HF GPT-2/BERT do): kept off the torch.func path by expanding their output to the batch, when that
-leaves the model's output unchanged — against float64 brute force (tests/reference.py)."""
+"""Modules called on input shared by the whole batch — one row (position embeddings looked up with ids
+[1, T], as HF GPT-2/BERT do) or no samples' dimension at all (``pos(torch.arange(T))``, nanoGPT-style) —
+kept off the torch.func path by expanding their output to the batch, when that leaves the model's output
+unchanged and per sample — against float64 brute force (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,22 @@ from reference import brute_fisher
 
 
 class PosModel(nn.Module):
-    def __init__(self, squeeze=False):
+    def __init__(self, squeeze=False, ids="row"):
         super().__init__()
+        self.ids = ids
         torch.manual_seed(0)
         self.tok, self.pos = nn.Embedding(13, 6), nn.Embedding(9, 6)
         self.mix, self.head = nn.Linear(6, 6), nn.Linear(6, 3)
         self.squeeze = squeeze
 
     def forward(self, ids):
-        p = self.pos(torch.arange(ids.shape[1]).unsqueeze(0))  # [1, T, d], broadcast over the batch
+        t = torch.arange(ids.shape[1])
+        if self.ids == "new":  # [T, d], broadcast over the batch
+            p = self.pos(t)
+            if self.squeeze:  # a reduction over its first dimension: an expanded output would change it
+                p = p.mean(0)
+            return self.head(torch.tanh(self.mix(self.tok(ids) + p)).mean(1))
+        p = self.pos(t.unsqueeze(0))  # [1, T, d], broadcast over the batch
         if self.squeeze:  # uses the row as a [T, d] tensor: an expanded output would change the result's shape
             p = p[0]
         h = torch.tanh(self.mix(self.tok(ids) + p))
@@ -36,12 +44,13 @@ def data():
     return torch.randint(0, 13, (7, 5), generator=g), torch.randint(0, 3, (7,), generator=g)
 
 
+@pytest.mark.parametrize("ids", ["row", "new"])
 @pytest.mark.parametrize("kind", ["exact", "empirical", "mc"])
-def test_position_embedding_is_per_sample_without_torch_func(kind, monkeypatch):
-    m = PosModel().double().eval()
+def test_position_embedding_is_per_sample_without_torch_func(kind, ids, monkeypatch):
+    m = PosModel(ids=ids).double().eval()
     X, y = data()
     plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
-    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == [True]
+    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == [ids]
 
     def refuse(*a, **k):
         raise AssertionError("torch.func per-sample pass used")
@@ -57,11 +66,25 @@ def test_position_embedding_is_per_sample_without_torch_func(kind, monkeypatch):
     assert float((F - ref).norm() / ref.norm()) < 1e-10
 
 
-def test_a_shared_row_the_model_reshapes_goes_to_torch_func():
-    m = PosModel(squeeze=True).double().eval()
+@pytest.mark.parametrize("ids", ["row", "new"])
+def test_a_shared_row_the_model_reshapes_goes_to_torch_func(ids):
+    m = PosModel(squeeze=True, ids=ids).double().eval()
     X, y = data()
     plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
     assert "pos.weight" in plan.func_names
     D = fk.fisher(m, (X, y), structure="diag").diag()
+    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
+    assert float((D - ref).norm() / ref.norm()) < 1e-10
+
+
+def test_positions_as_many_as_the_probe_rows_are_still_shared(monkeypatch):
+    """T = 8 = the settling probe's rows: the ids [T] look per sample in one probe, not in two."""
+    m = PosModel(ids="new").double().eval()
+    g = torch.Generator().manual_seed(2)
+    X, y = torch.randint(0, 13, (10, 8), generator=g), torch.randint(0, 3, (10,), generator=g)
+    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
+    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == ["new"]
+    monkeypatch.setattr(collect, "persample_grads", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.func")))
+    D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=4).diag()
     ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
     assert float((D - ref).norm() / ref.norm()) < 1e-10

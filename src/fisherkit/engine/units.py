@@ -70,7 +70,9 @@ class ElemUnit:
     module_name: str
     handler: object  # engine.elementwise.Handler
     names: dict  # handler parameter ("weight") -> full parameter name
-    broadcast: bool = False  # called on one row shared by the batch (position ids [1, T]): expanded to B rows
+    # called on input shared by the batch, expanded to B rows: "row" — one row (position ids [1, T]); "new" — no
+    # samples' dimension at all (position ids [T], an output [T, d] broadcast against [B, T, d])
+    broadcast: str | bool = False
 
     @property
     def weight(self) -> str:  # for messages
@@ -216,16 +218,21 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
     return plan
 
 
-def _expanding(i, rows, on_io):
-    """A forward hook giving a module called on one shared row (``ElemUnit.broadcast``) an output expanded to
-    ``rows`` samples: the model computes the same (the row was broadcast against the batch anyway), and the
+def _expanding(i, rows, on_io, mode="row"):
+    """A forward hook giving a module called on input shared by the batch (``ElemUnit.broadcast``) an output
+    expanded to ``rows`` samples: its one row (``mode="row"``) repeated, or (``"new"``) a samples' dimension
+    put in front. The model computes the same (the output was broadcast against the batch anyway), and the
     output's gradient is then per sample."""
     def hook(m, inp, out):
-        if rows is None or out.shape[0] != 1:
+        if rows is None or (mode == "row" and out.shape[0] != 1):
             on_io(i, inp[0], out)
             return None
-        z = out.expand(rows, *out.shape[1:])
-        on_io(i, inp[0].expand(rows, *inp[0].shape[1:]), z)
+        if mode == "new":
+            z = out.unsqueeze(0).expand(rows, *out.shape)
+            on_io(i, inp[0].unsqueeze(0).expand(rows, *inp[0].shape), z)
+        else:
+            z = out.expand(rows, *out.shape[1:])
+            on_io(i, inp[0].expand(rows, *inp[0].shape[1:]), z)
         return z
 
     return hook
@@ -248,7 +255,8 @@ def observe(units: list, on_io, native_without_grad: bool = False, check: list |
                 vias[id(via)][1] = i
                 continue
         if getattr(u, "broadcast", False):
-            handles.append(u.module.register_forward_hook(_expanding(i, rows, on_io)))
+            mode = "new" if u.broadcast == "new" else "row"
+            handles.append(u.module.register_forward_hook(_expanding(i, rows, on_io, mode)))
             continue
         handles.append(u.module.register_forward_hook(lambda m, inp, out, i=i: on_io(i, inp[0], out)))
     for via, i in vias.values():
@@ -346,10 +354,12 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     flattened with positions) cannot be summed per sample from it: their parameters move to the
     torch.func path, which is right for any layout. The samples' dimension is found by two probe
     forwards of r and r − 1 rows (a dimension of size r that is not the samples' would have to
-    shrink with them). An elementwise unit called on one row shared by the batch (GPT-2's position
-    embedding looks up position ids of shape [1, T]) is kept as a ``broadcast`` unit — its output is
-    expanded to the batch, so its gradient is per sample — when a third probe with that expansion
-    gives the model's own output. The probes run without gradients on a copy of the buffers and the
+    shrink with them). An elementwise unit called on input shared by the batch — one row (GPT-2's
+    position embedding looks up position ids of shape [1, T]) or no samples' dimension at all
+    (``wpe(torch.arange(T))``: an output [T, d] added to [B, T, d]), the same in both probes — is kept
+    as a ``broadcast`` unit: its output is expanded to the batch, so its gradient is per sample, when a
+    third probe with that expansion gives the model's own output and each sample's output depends on
+    its own row only. The probes run without gradients on a copy of the buffers and the
     RNG, so nothing of the model changes (BatchNorm running statistics included).
     """
     if not plan.units or x is None:
@@ -362,26 +372,43 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     rows = min(batch_len(x), 8)
     cap, out = _probe(model, units, x, rows)
     bad = cap.misfired()
-    shared = [u for i, u in enumerate(units) if rows >= 2 and isinstance(u, ElemUnit) and u not in bad
-              and cap.inputs[i][0].shape[0] == 1 and cap.outputs[i][0].shape[0] == 1]
-    bad += [u for i, u in enumerate(units) if u not in bad and u not in shared and cap.inputs[i][0].shape[0] != rows]
-    if rows >= 2 and any(_positional(u) and cap.inputs[i][0].dim() >= 2 for i, u in enumerate(units) if u not in bad):
+    # elementwise units whose input may not carry the samples: shared by the batch if it stays the same
+    # in a probe of rows − 1 samples
+    maybe = [u for i, u in enumerate(units) if rows >= 2 and isinstance(u, ElemUnit) and u not in bad
+             and cap.inputs[i][0].shape[0] != rows]
+    bad += [u for i, u in enumerate(units) if u not in bad and u not in maybe and cap.inputs[i][0].shape[0] != rows]
+    shared: dict[int, str] = {}  # id(unit) -> "row" | "new"
+    if rows >= 2 and (maybe or any(_positional(u) and cap.inputs[i][0].dim() >= 2
+                                   for i, u in enumerate(units) if u not in bad)):
         cap2, _ = _probe(model, units, x, rows - 1)
-        bad += [u for i, u in enumerate(units) if u not in bad and
-                (len(cap2.inputs.get(i, [])) != 1 or cap2.inputs[i][0].shape[0] != (1 if u in shared else rows - 1))]
-    shared = [u for u in shared if u not in bad]
+        for i, u in enumerate(units):
+            if u in bad:
+                continue
+            if len(cap2.inputs.get(i, [])) != 1:
+                bad.append(u)
+            elif isinstance(u, ElemUnit) and (cap2.inputs[i][0].shape, cap2.outputs[i][0].shape) == \
+                    (cap.inputs[i][0].shape, cap.outputs[i][0].shape):  # (may be [T] with T = rows)
+                xi, zi = cap.inputs[i][0], cap.outputs[i][0]
+                shared[id(u)] = "row" if xi.dim() and xi.shape[0] == 1 and zi.shape[0] == 1 else "new"
+            elif u in maybe or cap2.inputs[i][0].shape[0] != rows - 1:
+                bad.append(u)
+    else:
+        bad += maybe
+
+    def widen(us):
+        return [replace(u, broadcast=shared[id(u)]) if id(u) in shared else u for u in us]
+
     if shared:
-        wide = [replace(u, broadcast=True) if u in shared else u for u in units]
+        wide = widen(units)
         cap3, out3 = _probe(model, wide, x, rows, grad=True)
         zs = [cap3.outputs[i][0] for i, u in enumerate(wide) if getattr(u, "broadcast", False)]
         if _same_output(out, out3) and _per_sample(out3, zs, rows):
-            plan = Plan(plan.info, plan.hook_units, plan.func_names,
-                        [replace(u, broadcast=True) if u in shared else u for u in plan.elem_units])
+            plan = Plan(plan.info, plan.hook_units, plan.func_names, widen(plan.elem_units))
             swap = {id(a): b for a, b in zip(units, plan.units)}
             bad = [swap.get(id(u), u) for u in bad]
             units = plan.units
         else:
-            bad += shared
+            bad += [u for u in units if id(u) in shared]
     for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
         if isinstance(u, ElemUnit) and all(u is not b for b in bad):
             try:
