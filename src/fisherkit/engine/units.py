@@ -208,6 +208,16 @@ def make_plan(model: nn.Module, chosen: dict[str, nn.Parameter], use_hooks: bool
         for u in plan.elem_units:
             covered.update(u.names.values())
     plan.func_names = [n for n in chosen if n not in covered]
+    if use_hooks and elementwise:  # bare parameters: an addition to an activation is watched (engine.bare)
+        from .bare import BareAddHandler
+
+        tied = _shared(model)
+        for n in list(plan.func_names):
+            owner, _, attr = n.rpartition(".")
+            module = model.get_submodule(owner)
+            if module._parameters.get(attr) is chosen[n] and id(chosen[n]) not in tied:
+                plan.elem_units.append(ElemUnit(module, owner, BareAddHandler(chosen[n]), {"param": n}))
+                plan.func_names.remove(n)
     if plan.func_names and plan.elem_units:
         # torch.func must run a per-sample pass over the model anyway: the elementwise parameters ride
         # along in it (measured on the benchmark transformer M4: the closed forms on top of that pass
@@ -246,8 +256,15 @@ def observe(units: list, on_io, native_without_grad: bool = False, check: list |
     broadcast units are expanded to ``rows`` samples (``_expanding``)."""
     from . import attention
 
+    from . import bare
+
     handles, vias = [], {}
+    taps = [(i, u) for i, u in enumerate(units) if bare.is_bare(u)]
+    if taps:
+        handles.append(bare.install(taps, on_io))
     for i, u in enumerate(units):
+        if bare.is_bare(u):
+            continue
         via = getattr(u, "via", None)
         if via is not None:
             vias.setdefault(id(via), [via, None])
@@ -295,7 +312,8 @@ class Capture:
         recomputation did not reproduce its output."""
         bad = {id(m) for m in self.unmatched}
         return [u for i, u in enumerate(self.units)
-                if len(self.inputs.get(i, [])) != 1 or id(getattr(u, "via", None)) in bad]
+                if len(self.inputs.get(i, [])) != 1 or self.outputs[i][0] is None
+                or id(getattr(u, "via", None)) in bad]
 
 
 def _probe(model: nn.Module, units: list, x, rows: int, grad: bool = False):
@@ -322,11 +340,24 @@ def _per_sample(out, zs, rows: int) -> bool:
     per-sample gradient from z needs): a model that uses the shared row as one tensor fails this."""
     from .adapters import input_tensors
 
+    return all(_per_sample_each(out, zs, rows))
+
+
+def _per_sample_each(out, zs, rows: int) -> list[bool]:
+    """``_per_sample`` for each z of ``zs`` (one backward)."""
+    from .adapters import input_tensors
+
     ts = [t for t in input_tensors(out) if t.is_floating_point() and t.requires_grad and t.dim() and t.shape[0] == rows]
-    if not ts or not all(z.requires_grad for z in zs):
-        return False
-    gs = torch.autograd.grad(ts[0][rows - 1].sum(), zs, allow_unused=True)
-    return all(g is not None and bool((g[: rows - 1] == 0).all()) and bool(g[rows - 1].abs().sum() > 0) for g in gs)
+    ok = [z is not None and z.requires_grad and z.dim() > 0 and z.shape[0] == rows for z in zs]
+    if not ts or not any(ok):
+        return [False] * len(zs)
+    gs = torch.autograd.grad(ts[0][rows - 1].sum(), [z for z, k in zip(zs, ok) if k], allow_unused=True)
+    it = iter(gs)
+    res = []
+    for k in ok:
+        g = next(it) if k else None
+        res.append(g is not None and bool((g[: rows - 1] == 0).all()) and bool(g[rows - 1].abs().sum() > 0))
+    return res
 
 
 def _same_output(a, b) -> bool:
@@ -368,15 +399,25 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
 
     from .adapters import batch_len
 
+    from .bare import BareAddHandler, is_bare
+
     units = plan.units
     rows = min(batch_len(x), 4)  # a probe costs ∝ rows; 4 and 3 rows tell the samples' dimension apart
     cap, out = _probe(model, units, x, rows)
     bad = cap.misfired()
     # elementwise units whose input may not carry the samples: shared by the batch if it stays the same
     # in a probe of rows − 1 samples
+    bares = [u for u in units if is_bare(u) and u not in bad]
+    if rows < 2:
+        bad += bares
     maybe = [u for i, u in enumerate(units) if rows >= 2 and isinstance(u, ElemUnit) and u not in bad
-             and cap.inputs[i][0].shape[0] != rows]
-    bad += [u for i, u in enumerate(units) if u not in bad and u not in maybe and cap.inputs[i][0].shape[0] != rows]
+             and not is_bare(u) and cap.inputs[i][0].shape[0] != rows]
+    for i, u in enumerate(units):  # a bare parameter: its addition's output has the samples first
+        if u in bares and u not in bad and (cap.outputs[i][0].shape[0] != rows or not BareAddHandler.fits(
+                cap.inputs[i][0], cap.outputs[i][0], u.handler.param)):
+            bad.append(u)
+    bad += [u for i, u in enumerate(units) if u not in bad and u not in maybe and not is_bare(u)
+            and cap.inputs[i][0].shape[0] != rows]
     shared: dict[int, str] = {}  # id(unit) -> "row" | "new"
     if rows >= 2 and (maybe or any(_positional(u) and cap.inputs[i][0].dim() >= 2
                                    for i, u in enumerate(units) if u not in bad)):
@@ -384,8 +425,11 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
         for i, u in enumerate(units):
             if u in bad:
                 continue
-            if len(cap2.inputs.get(i, [])) != 1:
+            if len(cap2.inputs.get(i, [])) != 1 or cap2.outputs[i][0] is None:
                 bad.append(u)
+            elif is_bare(u):  # the parameter's view must not change with the rows, its sum must
+                if cap2.inputs[i][0].shape != cap.inputs[i][0].shape or cap2.outputs[i][0].shape[0] != rows - 1:
+                    bad.append(u)
             elif isinstance(u, ElemUnit) and (cap2.inputs[i][0].shape, cap2.outputs[i][0].shape) == \
                     (cap.inputs[i][0].shape, cap.outputs[i][0].shape):  # (may be [T] with T = rows)
                 xi, zi = cap.inputs[i][0], cap.outputs[i][0]
@@ -398,11 +442,15 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     def widen(us):
         return [replace(u, broadcast=shared[id(u)]) if id(u) in shared else u for u in us]
 
-    if shared:
+    bares = [u for u in bares if u not in bad]
+    if shared or bares:  # with gradients: is each sample's output a function of its own row of z only?
         wide = widen(units)
         cap3, out3 = _probe(model, wide, x, rows, grad=True)
-        zs = [cap3.outputs[i][0] for i, u in enumerate(wide) if getattr(u, "broadcast", False)]
-        if _same_output(out, out3) and _per_sample(out3, zs, rows):
+        idx = [i for i, u in enumerate(wide) if getattr(u, "broadcast", False) or is_bare(u)]
+        each = dict(zip(idx, _per_sample_each(out3, [cap3.outputs[i][0] if len(cap3.outputs.get(i, [])) == 1
+                                                     else None for i in idx], rows)))
+        bad += [units[i] for i in idx if is_bare(units[i]) and not each[i]]
+        if shared and _same_output(out, out3) and all(each[i] for i in idx if not is_bare(units[i])):
             plan = Plan(plan.info, plan.hook_units, plan.func_names, widen(plan.elem_units))
             swap = {id(a): b for a, b in zip(units, plan.units)}
             bad = [swap.get(id(u), u) for u in bad]
@@ -410,7 +458,7 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
         else:
             bad += [u for u in units if id(u) in shared]
     for i, u in enumerate(units):  # an elementwise handler must reproduce the module's own output
-        if isinstance(u, ElemUnit) and all(u is not b for b in bad):
+        if isinstance(u, ElemUnit) and not is_bare(u) and all(u is not b for b in bad):
             try:
                 ok = torch.allclose(u.handler.forward(u.module, cap.inputs[i][0]).to(cap.outputs[i][0].dtype),
                                     cap.outputs[i][0], rtol=1e-3, atol=1e-5)
@@ -418,7 +466,10 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
                 ok = False
             if not ok:
                 bad.append(u)
-    return plan.without(bad)
+    plan = plan.without(bad)
+    if plan.func_names and plan.elem_units:  # a torch.func pass anyway: the closed forms ride along (make_plan)
+        plan = plan.without(list(plan.elem_units))
+    return plan
 
 
 @contextlib.contextmanager

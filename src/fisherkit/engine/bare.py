@@ -1,0 +1,141 @@
+"""Bare parameters added to an activation — learned positions ``self.pos = nn.Parameter(...)`` used as
+``h = emb(x) + self.pos[:T]``, ViT's ``x + self.pos_embed`` — with per-sample gradients in closed form.
+
+No module of their own runs a forward hook, so without this they take the torch.func per-sample pass
+over the whole model (on the benchmark transformer M4, most of its cost). During the engine's forward a
+``TorchFunctionMode`` (``install``) watches the parameter θ: its one use must be an addition z = a + t
+(or t + a) in which t is θ or a view of it (a slice, an ``unsqueeze``, a reshape that is a view), a has
+the samples first and z has a's shape. Then ∂z/∂t is the identity broadcast over the samples and over
+whatever else t was broadcast across, and the per-sample gradient along a backward direction d is
+
+    ∂ℓ_{n,d}/∂θ = V_tᵀ ( Σ_{dims t was broadcast over} ∂ℓ_d/∂z[n] )
+
+where V_tᵀ is the adjoint of the view (zeros outside a slice): a strided copy into a zero tensor.
+Views of views are followed; any other use of θ or of a view of it in the forward (a product, a
+second addition, an in-place op) is reported as a misfire, and ``units.settle`` sends θ back to
+torch.func — so is an addition whose result is not per sample (checked there by a gradient probe).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from .elementwise import Handler
+
+ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+
+
+class BareAddHandler(Handler):
+    """The per-sample gradient of one bare parameter from its addition's output gradient (see the module)."""
+
+    params = ("param",)
+
+    def __init__(self, param: nn.Parameter):
+        self.param = param
+
+    def accepts(self, module):  # never chosen by module type: ``units.make_plan`` makes one per bare parameter
+        return False
+
+    def forward(self, module, x):  # nothing to re-run: the addition is the model's own
+        raise NotImplementedError
+
+    @staticmethod
+    def fits(t: torch.Tensor, z: torch.Tensor, param: nn.Parameter) -> bool:
+        """Whether t (θ or its view) broadcast into z (samples first) can be handled: right-aligned shapes,
+        not broadcast along the samples' own dimension, θ contiguous, the view without overlaps."""
+        if z.dim() < 1 or t.dim() > z.dim() or not param.is_contiguous():
+            return False
+        lead = z.dim() - t.dim()
+        if lead == 0 and t.shape[0] != 1:
+            return False
+        if any(s not in (1, zs) for s, zs in zip(t.shape, z.shape[lead:])):
+            return False
+        return all(st != 0 or n == 1 for st, n in zip(t.stride(), t.shape))
+
+    def persample(self, module, t, gz, names):
+        p = self.param
+        d, b = gz.shape[:2]
+        lead = gz.dim() - 2 - t.dim()  # z's dimensions (after the samples') that t does not have
+        if lead >= 0:
+            g = gz.sum(tuple(range(2, 2 + lead))) if lead else gz  # [D, B, *t.shape with broadcast sizes]
+        else:  # t carries a leading 1 against the samples' dimension
+            g = gz.unsqueeze(2)
+        keep = [2 + k for k, n in enumerate(t.shape) if n == 1 and g.shape[2 + k] != 1]
+        if keep:
+            g = g.sum(keep, keepdim=True)
+        out = g.new_zeros(d * b, p.numel())
+        off = t.storage_offset() - p.storage_offset()
+        view = out.as_strided((d * b,) + tuple(t.shape), (p.numel(),) + tuple(t.stride()), off)
+        view.copy_(g.reshape((d * b,) + tuple(t.shape)))
+        return {names["param"]: out.view(d, b, *p.shape)}
+
+
+def is_bare(unit) -> bool:
+    return isinstance(getattr(unit, "handler", None), BareAddHandler)
+
+
+class _Tap(TorchFunctionMode):
+    """Calls ``on_io(i, t, z)`` for the addition of watched parameter i, and ``on_io(i, t, None)`` for any
+    other use of it (a misfire)."""
+
+    def __init__(self, watched: dict[int, tuple[int, nn.Parameter]], on_io):
+        super().__init__()
+        self.watched, self.on_io = watched, on_io
+        self.views: dict[int, tuple[weakref.ref, int]] = {}  # id(view) -> (ref, unit index)
+
+    def _which(self, x):
+        if not isinstance(x, torch.Tensor):
+            return None
+        w = self.watched.get(id(x))
+        if w is not None and w[1] is x:
+            return w[0]
+        v = self.views.get(id(x))
+        if v is not None and v[0]() is x:
+            return v[1]
+        return None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        leaves = tree_leaves((args, kwargs))
+        hits = [(x, i) for x in leaves if (i := self._which(x)) is not None]
+        if not hits or not any(isinstance(o, torch.Tensor) and o.is_floating_point() for o in tree_leaves(out)):
+            return out  # not a use that carries θ's values on (``.shape``, ``.requires_grad``, a comparison)
+        if len(hits) == 1 and isinstance(out, torch.Tensor) and out._is_view() and \
+                out._base is self.watched_param(hits[0][1]):
+            self.views[id(out)] = (weakref.ref(out), hits[0][1])  # a view of θ: follow it
+            return out
+        if func in ADDS and not kwargs and len(args) == 2 and len(hits) == 1 and isinstance(out, torch.Tensor):
+            t, i = hits[0]
+            a = args[1] if args[0] is t else args[0]
+            if isinstance(a, torch.Tensor) and a.shape == out.shape:
+                self.on_io(i, t, out)
+                return out
+        for x, i in hits:
+            self.on_io(i, x, None)
+        return out
+
+    def watched_param(self, i):
+        return next(p for j, p in self.watched.values() if j == i)
+
+
+class _Handle:
+    def __init__(self, mode: _Tap):
+        self.mode = mode
+        mode.__enter__()
+
+    def remove(self) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.mode = None
+
+
+def install(indexed_units: list, on_io) -> _Handle:
+    """Watch the bare parameters of ``[(i, unit), ...]`` until the returned handle's ``remove()``."""
+    watched = {id(u.handler.param): (i, u.handler.param) for i, u in indexed_units}
+    return _Handle(_Tap(watched, on_io))
