@@ -75,8 +75,7 @@ class BlockAccumulator(Accumulator):
                 for x in grp:
                     self._add_to(f"d:{x}", d[x].reshape(-1))
             else:
-                u = acc.persample_flat(bs, self.info, grp)
-                self._add_to("g:" + grp[0], u.T @ u)
+                acc.gram_add_(self._sums, "g:" + grp[0], acc.persample_flat(bs, self.info, grp))  # upper triangle
 
     def _other_blocks(self, sums, n) -> list:
         blocks = []
@@ -85,7 +84,7 @@ class BlockAccumulator(Accumulator):
             if grp in self.big:
                 blocks.append(DiagBlock(grp, numels, torch.cat([sums[f"d:{x}"] for x in grp]) / n))
             else:
-                blocks.append(DenseBlock(grp, numels, sums["g:" + grp[0]] / n))
+                blocks.append(DenseBlock(grp, numels, acc.symmetrize(sums["g:" + grp[0]]) / n))
         return blocks
 
     def _layer_blocks(self, sums, n, ops) -> list:

@@ -178,8 +178,10 @@ def persample_flat(bs: BatchStats, info: ParamInfo, names: list[str] | None = No
     """Per-sample gradients as a ``[D·B, P]`` matrix, columns in flat-vector order (of ``names``)."""
     names = info.names if names is None else names
     parts: dict[str, torch.Tensor] = {}
-    for u, a, g in bs.hook:
-        if any(n in names for n in u.names):
+    hook = bs.hook
+    for k, u in enumerate(hook.units if hasattr(hook, "units") else [t[0] for t in hook]):
+        if any(n in names for n in u.names):  # (reading a triple builds its ã: only the layers asked for)
+            _, a, g = hook[k]
             parts.update(split_unit(u, hook_persample(a, g)))
     parts.update(bs.func)
     cols = []

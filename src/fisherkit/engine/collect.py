@@ -43,6 +43,11 @@ class LayerTriples(Sequence):
     def __len__(self) -> int:
         return len(self._raw)
 
+    @property
+    def units(self) -> list:
+        """The units, without building any ã."""
+        return [r[0] for r in self._raw]
+
     def __getitem__(self, k):
         if isinstance(k, slice):
             return [self[j] for j in range(*k.indices(len(self)))]
