@@ -223,3 +223,115 @@ def test_adaptive_damping_with_weight_decay_is_consistent():
     assert rho == pytest.approx(1.0, rel=1e-9)  # the reference: an exact model of the objective
     assert opt.last_rho == pytest.approx(rho, rel=1e-8)
     assert opt.damping == pytest.approx(lam * omega, rel=1e-12)
+
+
+# ---- Nesterov ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("structure", ["dense", "kfac"])
+def test_nesterov_three_steps_closed_form_and_torch_sgd(structure):
+    """n_t = (F + λI)⁻¹ g_t (closed-form F, exact for kfac without π-damping on this one-layer model),
+    b_t = μ b_{t−1} + n_t (b_1 = n_1), θ ← θ − lr (n_t + μ b_t) by hand; and the same run as
+    ``Preconditioner`` + ``torch.optim.SGD(momentum=μ, nesterov=True)`` (torch's own Nesterov)."""
+    model, X, Y, sigma = linear_gaussian()
+    ref_model, sgd_model = copy.deepcopy(model), copy.deepcopy(model)
+    lam, lr, mu = 0.05, 0.3, 0.9
+    kw = dict(structure=structure, kind="exact", damping=lam, update_every=1, ema=0.0, likelihood=fk.Gaussian(sigma),
+              pi_damping=False)
+    opt = NaturalGradient(model, lr=lr, momentum=mu, nesterov=True, **kw)
+    kw.pop("update_every")
+    pre = fk.optim.Preconditioner(sgd_model, update_every=1, **kw)
+    sgd = torch.optim.SGD(sgd_model.parameters(), lr=lr, momentum=mu, nesterov=True)
+    Fd = closed_form_fisher(X, Y.shape[1], sigma) + lam * torch.eye(X.shape[1] * Y.shape[1] + Y.shape[1],
+                                                                      dtype=torch.float64)
+    theta, b = flat_params(model), None
+    for _ in range(3):
+        for m, o in ((model, opt), (sgd_model, None)):
+            m.zero_grad()
+            gaussian_loss(m, X, Y, sigma).backward()
+            if o is not None:
+                o.step()
+            else:
+                pre.step()
+                sgd.step()
+        n = torch.linalg.solve(Fd, grad_at(ref_model, theta, X, Y, sigma))
+        b = n if b is None else mu * b + n
+        theta = theta - lr * (n + mu * b)
+        assert torch.allclose(flat_params(model), theta, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(flat_params(sgd_model), theta, rtol=1e-9, atol=1e-12)
+    buf = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters()])
+    assert torch.allclose(buf, b, rtol=1e-9, atol=1e-12)  # the buffer is the heavy ball's, as torch keeps it
+
+
+def test_nesterov_per_group_and_bad_values():
+    model, X, Y, sigma = linear_gaussian()
+    with pytest.raises(fk.FisherkitError, match="nesterov"):
+        NaturalGradient(model, nesterov=True)  # momentum 0
+    with pytest.raises(fk.FisherkitError, match="nesterov"):
+        NaturalGradient(model, momentum=0.9, nesterov="yes")
+    with pytest.raises(fk.FisherkitError, match="nesterov"):
+        NaturalGradient(model, momentum=0.9, params=[{"params": [model.weight], "momentum": 0.0, "nesterov": True},
+                                                     {"params": [model.bias]}])
+    assert not model._forward_hooks  # refused before the recorder hooked the model
+    # per group: Nesterov on the weight only; the bias keeps the heavy ball (closed form, dense F couples them)
+    ref_model = copy.deepcopy(model)
+    lam, lr, mu = 0.1, 0.2, 0.8
+    opt = NaturalGradient(model, lr=lr, structure="dense", kind="exact", damping=lam, update_every=1, ema=0.0,
+                          likelihood=fk.Gaussian(sigma), momentum=mu,
+                          params=[{"params": [model.weight], "nesterov": True}, {"params": [model.bias]}])
+    Fd = closed_form_fisher(X, Y.shape[1], sigma) + lam * torch.eye(model.weight.numel() + model.bias.numel(),
+                                                                      dtype=torch.float64)
+    ahead = torch.tensor([1.0] * model.weight.numel() + [0.0] * model.bias.numel(), dtype=torch.float64)
+    theta, b = flat_params(model), None
+    for _ in range(3):
+        opt.zero_grad()
+        gaussian_loss(model, X, Y, sigma).backward()
+        opt.step()
+        n = torch.linalg.solve(Fd, grad_at(ref_model, theta, X, Y, sigma))
+        b = n if b is None else mu * b + n
+        theta = theta - lr * (ahead * (n + mu * b) + (1 - ahead) * b)
+        assert torch.allclose(flat_params(model), theta, rtol=1e-10, atol=1e-12)
+
+
+def test_nesterov_state_dict_and_checkpoint(tmp_path):
+    """Resumes bit-exactly (state_dict and safetensors); a state saved before ``nesterov`` existed (no key in its
+    param groups) loads as the heavy ball; a non-bool nesterov in a state is refused with nothing loaded."""
+    X, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 4, (32,))
+    from .optim_fixtures import mlp
+
+    def run(model, opt, k):
+        for _ in range(k):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X), y).backward()
+            opt.step()
+
+    kw = dict(lr=0.05, structure="kfac", momentum=0.9, nesterov=True, update_every=2, graft="adam")
+    a = mlp()
+    oa = NaturalGradient(a, **kw)
+    run(a, oa, 3)
+    sd = copy.deepcopy(oa.state_dict())
+    oa.save(tmp_path / "n.safetensors")
+    b, c = copy.deepcopy(a), copy.deepcopy(a)
+    ob, oc = NaturalGradient(b, **{**kw, "nesterov": False}), NaturalGradient(c, **{**kw, "nesterov": False})
+    ob.load_state_dict(sd)
+    oc.load(tmp_path / "n.safetensors")
+    assert ob.param_groups[0]["nesterov"] and oc.param_groups[0]["nesterov"]
+    run(a, oa, 3), run(b, ob, 3), run(c, oc, 3)
+    for p, q, r in zip(a.parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
+    old = copy.deepcopy(sd)
+    for g in old["param_groups"]:
+        del g["nesterov"]
+    heavy, d = copy.deepcopy(b), copy.deepcopy(b)
+    oh = NaturalGradient(heavy, **{**kw, "nesterov": False})
+    oh.load_state_dict(copy.deepcopy(old))
+    od = NaturalGradient(d, **{**kw, "nesterov": True})
+    od.load_state_dict(old)  # torch takes the saved groups: no key, so the heavy ball
+    run(heavy, oh, 2), run(d, od, 2)
+    for p, q in zip(heavy.parameters(), d.parameters()):
+        assert torch.equal(p, q)
+    bad = copy.deepcopy(sd)
+    bad["param_groups"][0]["nesterov"] = "yes"
+    with pytest.raises(fk.FisherkitError, match="nesterov"):
+        od.load_state_dict(bad)
+    assert od.param_groups[0].get("nesterov", False) is False

@@ -45,13 +45,16 @@ def save(opt, path) -> None:
 
 
 def check_hyperparameters(groups, where: str) -> None:
-    """Raise unless every param group's lr > 0, momentum in [0, 1) and weight_decay >= 0 (all finite)."""
+    """Raise unless every param group's lr > 0, momentum in [0, 1), weight_decay >= 0 (all finite) and nesterov,
+    where given, a bool."""
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise FisherkitError(f"{where}: the param groups are not a list of dicts; nothing was loaded")
     try:
         for g in groups:
             check_positive("lr", g.get("lr"))
             check_fraction("momentum", g.get("momentum", 0.0))
+            if not isinstance(g.get("nesterov", False), bool):
+                raise FisherkitError(f"nesterov must be True or False; got {g['nesterov']!r}")
             wd = g.get("weight_decay", 0.0)
             if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
                 raise FisherkitError(f"weight_decay must be a finite number >= 0; got {wd!r}")

@@ -7,7 +7,7 @@ estimate of the chosen structure and λ the damping:
 
     n = (F̂ + λI)⁻¹ (∇L + η θ)                 (η = weight_decay)
     n ← n · ‖a‖ / ‖n‖  per tensor               (graft: a = Adam's or SGD's step; optional)
-    b ← μ b + n ;  Δ = −lr · b                  (μ = momentum)
+    b ← μ b + n ;  Δ = −lr · b                  (μ = momentum; nesterov: Δ = −lr · (n + μ b))
     Δ ← Δ · min(1, √(κ / (½ ΔᵀF̂Δ)))            (κ = kl_clip, kl_clip_mode="quadratic")
     θ ← θ + Δ
     Δ ← ν Δ until KL_batch[p_θ ‖ p_θ+Δ] ≤ κ    (kl_clip_mode="measured": the KL actually moved)
@@ -34,6 +34,14 @@ from ..params import select_params
 from .preconditioner import Preconditioner
 
 
+def check_nesterov(nesterov, momentum) -> None:
+    """``nesterov`` is a bool, and true only with momentum > 0 (torch.optim.SGD's rule)."""
+    if not isinstance(nesterov, bool):
+        raise FisherkitError(f"nesterov must be True or False; got {nesterov!r}")
+    if nesterov and not momentum:
+        raise FisherkitError("nesterov=True needs momentum > 0 (the look-ahead is n + μ b); pass momentum=0.9, say")
+
+
 class NaturalGradient(torch.optim.Optimizer):
     """Natural-gradient descent with a KFAC / EKFAC / diagonal / dense / implicit (CG) Fisher.
 
@@ -42,6 +50,8 @@ class NaturalGradient(torch.optim.Optimizer):
         lr: step size (> 0); per param group.
         momentum, weight_decay: heavy-ball momentum on the natural gradient; L2 added to the
             gradient before preconditioning. Per param group.
+        nesterov: step along Nesterov's look-ahead n + μ b instead of b (as ``torch.optim.SGD(nesterov=True)``;
+            needs momentum > 0). Per param group.
         kl_clip: the KL trust region κ (None: none). What it bounds is ``kl_clip_mode``:
             ``"quadratic"`` (default): the model's quadratic KL ½ΔᵀF̂Δ with the curvature in use — free,
             but F̂ is a moving average of a structured approximation, so the KL the step actually moves
@@ -87,7 +97,7 @@ class NaturalGradient(torch.optim.Optimizer):
                  pi_damping=True, mc_samples=1, loss_reduction="mean", cg_iters=20, cg_tol=1e-6, generator=None,
                  params=None, process_group=None, split_inverses=True, seed=None, kl_clip_mode="quadratic",
                  kl_backtracks=10, graft=None, graft_beta2=0.999, graft_eps=1e-8, curvature_budget=None,
-                 fallback="diag", kfac_approx="expand"):
+                 fallback="diag", kfac_approx="expand", nesterov=False):
         check_positive("lr", lr)
         check_positive("cg_tol", cg_tol)  # also checked by the Preconditioner; here before torch's state is built
         check_choice("fallback", fallback, ("diag", "adam"))
@@ -112,9 +122,11 @@ class NaturalGradient(torch.optim.Optimizer):
             raise FisherkitError(f"lm_omega must be in (0, 1); got {lm_omega!r}")
         if params is None:
             params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        check_nesterov(nesterov, momentum)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
         for g in self.param_groups:
             check_positive("lr", g["lr"])
+            check_nesterov(g["nesterov"], g["momentum"])
         tensors = [p for g in self.param_groups for p in g["params"]]
         self.params = select_params(model, tensors)  # name -> tensor, every parameter this optimizer moves
         self.fallback = fallback
@@ -169,12 +181,12 @@ class NaturalGradient(torch.optim.Optimizer):
                              "or pass skip_nonfinite=True to skip such steps")
 
     def _hyper(self) -> dict:
-        """Per parameter name: lr, momentum and weight decay of its param group."""
-        out = {"lr": {}, "momentum": {}, "weight_decay": {}}
+        """Per parameter name: lr, momentum, weight decay and nesterov of its param group."""
+        out = {"lr": {}, "momentum": {}, "weight_decay": {}, "nesterov": {}}
         for group in self.param_groups:
             for p in group["params"]:
-                for k in out:
-                    out[k][self._name[id(p)]] = group[k]
+                for k in out:  # a state_dict saved before ``nesterov`` existed has no such key: heavy ball
+                    out[k][self._name[id(p)]] = group.get(k, False) if k == "nesterov" else group[k]
         return out
 
     @torch.no_grad()
@@ -220,7 +232,7 @@ class NaturalGradient(torch.optim.Optimizer):
             self._keep("graft_v", moments)
         buffers = {n: self.state[p]["momentum_buffer"] for n, p in params.items()
                    if "momentum_buffer" in self.state.get(p, {})}
-        directions = T.momentum(buffers, nat, hp["momentum"])
+        directions = T.momentum(buffers, nat, hp["momentum"], hp["nesterov"])
         for n, b in buffers.items():
             self.state[params[n]]["momentum_buffer"] = b
         delta = T.scale(directions, hp["lr"])

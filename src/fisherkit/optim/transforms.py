@@ -5,7 +5,8 @@ applies them (optax-style: each is a pure function with a one-step closed form):
     n = (F̂ + λI)⁻¹ g                    ``Preconditioner.compute``
     n ← n · ‖a‖/‖n‖ per tensor           ``graft``          (step length of Adam (a = g/(√v̂+ε)) or SGD (a = g))
     b ← μ b + n                          ``momentum``       (heavy ball on the natural gradient)
-    Δ = −lr · b                          ``scale``
+    d = b, or d = n + μ b                ``momentum``       (``nesterov``: torch.optim.SGD(nesterov=True)'s look-ahead)
+    Δ = −lr · d                          ``scale``
     Δ ← ν Δ, ν = min(1, √(κ / (½ΔᵀF̂Δ)))  ``kl_clip``        (trust region on the model's quadratic KL)
     Δ ← ν Δ until KL_batch(θ, θ+Δ) ≤ κ   ``NaturalGradient._clip_measured`` (trust region on the KL moved)
     λ ← LM(λ, ρ)                         ``damping.levenberg_marquardt`` (adaptive damping)
@@ -89,8 +90,10 @@ def _by_value(names, values: dict) -> dict:
     return out
 
 
-def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
-    """Heavy ball: b ← μ b + n (b starts at n), in place in ``buffers``; returns the directions b (or n where μ = 0)."""
+def momentum(buffers: dict, nat: dict, mu: dict, nesterov: dict | None = None) -> dict:
+    """Heavy ball: b ← μ b + n (b starts at n), in place in ``buffers``; returns the directions b (or n where μ = 0),
+    or, for the names with ``nesterov[name]`` true, Nesterov's look-ahead n + μ b (with the updated b) — the
+    direction of ``torch.optim.SGD(momentum=μ, nesterov=True)`` (dampening 0) fed the natural gradient n."""
     out, old = {}, []
     for n, d in nat.items():
         if not mu.get(n):
@@ -105,6 +108,9 @@ def momentum(buffers: dict, nat: dict, mu: dict) -> dict:
         torch._foreach_mul_(b, m)
         torch._foreach_add_(b, [nat[n] for n in names])
         out.update(zip(names, b))
+    ahead = [n for n in nat if nesterov and nesterov.get(n) and mu.get(n)]
+    for m, names in _by_value(ahead, mu).items():
+        out.update(zip(names, torch._foreach_add([nat[n] for n in names], [buffers[n] for n in names], alpha=m)))
     return {n: out[n] for n in nat}
 
 
