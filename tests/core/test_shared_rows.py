@@ -88,3 +88,17 @@ def test_positions_as_many_as_the_probe_rows_are_still_shared(monkeypatch):
     D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=4).diag()
     ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
     assert float((D - ref).norm() / ref.norm()) < 1e-10
+
+
+@pytest.mark.parametrize("ids", ["row", "new"])
+def test_one_sample_batches_keep_the_shared_rows(ids, monkeypatch):
+    """A batch of one sample (one long sequence at a time) is probed as two copies of it, so the position
+    table is still recognised as shared (not sent to torch.func)."""
+    m = PosModel(ids=ids).double().eval()
+    X, y = data()
+    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X[:1])
+    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == [ids]
+    monkeypatch.setattr(collect, "persample_grads", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.func")))
+    D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=1).diag()
+    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
+    assert float((D - ref).norm() / ref.norm()) < 1e-10

@@ -26,12 +26,15 @@ def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**2
     One direction and a few samples at a time: the per-sample gradients are one ``bmm`` of g[d]ᵀ
     ([n, O, T], a strided view whatever g's layout — conv or sequence — so nothing is copied) by ã
     ([n, T, I]), squared in place and summed: the [D, B, O, I] tensor is never formed (peak ≈
-    ``chunk_bytes``)."""
+    ``chunk_bytes``). With many directions per sample (the exact kind on sequences: T·(V − 1) each) it
+    goes through the positions' Gram instead (``_sq_sum_by_positions``), when T·(D + I) < D·I."""
     d, b, t, o = g.shape
     i = a.shape[-1]
     a = a.to(g.dtype)
     step = max(1, int(chunk_bytes // max(1, o * i * g.element_size())))
     out = None
+    if t * (d + i) < d * i:  # many directions per sample (exact on sequences): through the T × T Gram
+        return _sq_sum_by_positions(a, g, chunk_bytes)
     for k in range(d):
         gk = g[k].transpose(1, 2)  # [B, O, T]
         for s in range(0, b, step):
@@ -39,6 +42,25 @@ def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**2
             ps.mul_(ps)
             part = ps.sum(0)
             out = part if out is None else out.add_(part)
+    return out
+
+
+def _sq_sum_by_positions(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float) -> torch.Tensor:
+    """``persample_sq_sum`` as Σ_n Σ_{t,t'} M_n[o,t,t'] ã_{n,t,i} ã_{n,t',i} with M_n[o,t,t'] = Σ_d g_{d,n,t,o} g_{d,n,t',o}:
+    D·O·T² + O·T²·I multiply-adds per sample instead of the D·O·T·I of forming every direction's gradient
+    (and no [O, I] tensor per direction: the direct way is bound by writing those). Output rows in chunks
+    so that M stays within ``chunk_bytes``."""
+    d, b, t, o = g.shape
+    i = a.shape[-1]
+    rows = max(1, int(chunk_bytes // max(1, t * t * g.element_size())))
+    out = g.new_zeros(o, i)
+    for s in range(b):
+        gs = g[:, s]  # [D, T, O]
+        n = (a[s][:, None, :] * a[s][None, :, :]).reshape(t * t, i)  # [T·T, I]
+        for o0 in range(0, o, rows):
+            go = gs[..., o0 : o0 + rows].permute(2, 1, 0)  # [o, T, D]
+            m = torch.bmm(go, go.transpose(1, 2))  # [o, T, T]
+            out[o0 : o0 + rows].addmm_(m.reshape(-1, t * t), n)
     return out
 
 

@@ -385,13 +385,15 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     flattened with positions) cannot be summed per sample from it: their parameters move to the
     torch.func path, which is right for any layout. The samples' dimension is found by two probe
     forwards of r and r − 1 rows (a dimension of size r that is not the samples' would have to
-    shrink with them). An elementwise unit called on input shared by the batch — one row (GPT-2's
-    position embedding looks up position ids of shape [1, T]) or no samples' dimension at all
-    (``wpe(torch.arange(T))``: an output [T, d] added to [B, T, d]), the same in both probes — is kept
-    as a ``broadcast`` unit: its output is expanded to the batch, so its gradient is per sample, when a
-    third probe with that expansion gives the model's own output and each sample's output depends on
-    its own row only. The probes run without gradients on a copy of the buffers and the
-    RNG, so nothing of the model changes (BatchNorm running statistics included).
+    shrink with them; a batch of one sample is probed as two copies of it). An elementwise unit
+    called on input shared by the batch — one row (GPT-2's position embedding looks up position ids
+    of shape [1, T]) or no samples' dimension at all (``wpe(torch.arange(T))``: an output [T, d] added
+    to [B, T, d]), the same in both probes — is kept as a ``broadcast`` unit: its output is expanded to
+    the batch, so its gradient is per sample, when a third probe with that expansion gives the model's
+    own output and each sample's output depends on its own row only. A bare parameter watched by
+    ``engine.bare`` must be used once, by an addition whose output has the samples first and passes the
+    same gradient probe. The probes run without gradients (the third with) on a copy of the buffers
+    and the RNG, so nothing of the model changes (BatchNorm running statistics included).
     """
     if not plan.units or x is None:
         return plan
@@ -401,7 +403,11 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
 
     from .bare import BareAddHandler, is_bare
 
+    from .adapters import map_inputs
+
     units = plan.units
+    if batch_len(x) == 1:  # one sample (e.g. one long sequence): probe on it twice, so r and r − 1 rows exist
+        x = map_inputs(x, lambda t: torch.cat([t, t]) if t.dim() else t)
     rows = min(batch_len(x), 4)  # a probe costs ∝ rows; 4 and 3 rows tell the samples' dimension apart
     cap, out = _probe(model, units, x, rows)
     bad = cap.misfired()
