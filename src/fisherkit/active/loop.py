@@ -98,7 +98,8 @@ def run(model_fn: Callable[[], nn.Module], X_pool, y_pool, X_test, y_test, strat
         lr: float = 1e-2, weight_decay: float = 1e-4, initial=None, progress: bool = False) -> dict:
     """Pool-based active learning: learning curves of each strategy over seeds.
 
-    ``model_fn()`` builds a fresh model (seeded per seed and round by this loop). ``strategies`` are
+    ``model_fn()`` builds a fresh model (seeded per seed and round by this loop, on a fork of the global
+    RNG: the caller's random stream is left as it was). ``strategies`` are
     names from ``STRATEGIES`` or ``Strategy`` objects (a dict name → strategy keeps your names).
     ``initial``: indices of the first labelled points (else ``n_initial`` random ones, one per class
     first, seeded). Returns ``{"n_labels": [R+1], "strategies": {name: {"acc": [S][R+1],
@@ -126,47 +127,54 @@ def run(model_fn: Callable[[], nn.Module], X_pool, y_pool, X_test, y_test, strat
     if n0 + rounds * batch_size > X.shape[0]:
         raise FisherkitError(f"{n0} initial + {rounds} rounds × {batch_size} = {n0 + rounds * batch_size} labels "
                              f"exceed the pool of {X.shape[0]} points; lower rounds or batch_size")
-    probe = model_fn()
-    with torch.no_grad(), eval_mode(probe):
-        c_out = check_outputs(probe(X[:2].to(_dtype(probe))), "categorical").shape[1]
-    if c_out < n_classes:
-        raise ShapeError(f"the model gives {c_out} logits but the labels have {n_classes} classes")
-    specs = strategies.items() if isinstance(strategies, dict) else [
-        (s if isinstance(s, str) else getattr(s, "name", type(s).__name__), s) for s in strategies]
-    seeds = list(seeds)
-    out = {"n_labels": [n0 + r * batch_size for r in range(rounds + 1)], "strategies": {},
-           "config": {"n_initial": n0, "batch_size": batch_size, "rounds": rounds, "seeds": seeds, "epochs": epochs,
-                      "lr": lr, "weight_decay": weight_decay, "pool": int(X.shape[0]), "test": int(Xt.shape[0])}}
-    total = len(specs) * len(seeds) * (rounds + 1)
-    bar = _Bar(total, progress)
-    for name, spec in specs:
-        accs, secs = [], []
-        for seed in seeds:
-            strat = make_strategy(spec, seed)
-            labelled = initial.copy() if initial is not None else _initial(y, n0, seed, n_classes)
-            curve, t_sel = [], 0.0
-            for r in range(rounds + 1):
-                torch.manual_seed(1_000 * seed + r)
-                model = model_fn()
-                Xl = X[labelled]
-                train_classifier(model, Xl.to(_dtype(model)), y[labelled], epochs, lr, weight_decay)
-                curve.append(accuracy(model, Xt.to(_dtype(model)), yt))
-                bar.advance(f"{name} seed {seed}")
-                if r == rounds:
-                    break
-                mask = np.ones(X.shape[0], bool)
-                mask[labelled] = False
-                pool_idx = np.nonzero(mask)[0]
-                t0 = time.perf_counter()
-                pick = strat.select(model, X[pool_idx], batch_size, X_labeled=Xl)
-                t_sel += time.perf_counter() - t0
-                labelled = np.concatenate([labelled, pool_idx[pick.cpu().numpy()]])
-                check_indices(labelled, X.shape[0])
-            accs.append(curve)
-            secs.append(t_sel)
-        out["strategies"][name] = {"acc": accs, "select_seconds": secs}
-    bar.close()
+    # the loop seeds the global RNG per seed and round (models, training); forked, so the caller's stream
+    # is the same after the call as before
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        probe = model_fn()
+        with torch.no_grad(), eval_mode(probe):
+            c_out = check_outputs(probe(X[:2].to(_dtype(probe))), "categorical").shape[1]
+        if c_out < n_classes:
+            raise ShapeError(f"the model gives {c_out} logits but the labels have {n_classes} classes")
+        specs = strategies.items() if isinstance(strategies, dict) else [
+            (s if isinstance(s, str) else getattr(s, "name", type(s).__name__), s) for s in strategies]
+        seeds = list(seeds)
+        out = {"n_labels": [n0 + r * batch_size for r in range(rounds + 1)], "strategies": {},
+               "config": {"n_initial": n0, "batch_size": batch_size, "rounds": rounds, "seeds": seeds, "epochs": epochs,
+                          "lr": lr, "weight_decay": weight_decay, "pool": int(X.shape[0]), "test": int(Xt.shape[0])}}
+        total = len(specs) * len(seeds) * (rounds + 1)
+        bar = _Bar(total, progress)
+        for name, spec in specs:
+            accs, secs = [], []
+            for seed in seeds:
+                strat = make_strategy(spec, seed)
+                labelled = initial.copy() if initial is not None else _initial(y, n0, seed, n_classes)
+                curve, t_sel = [], 0.0
+                for r in range(rounds + 1):
+                    torch.manual_seed(1_000 * seed + r)
+                    model = model_fn()
+                    Xl = X[labelled]
+                    train_classifier(model, Xl.to(_dtype(model)), y[labelled], epochs, lr, weight_decay)
+                    curve.append(accuracy(model, Xt.to(_dtype(model)), yt))
+                    bar.advance(f"{name} seed {seed}")
+                    if r == rounds:
+                        break
+                    mask = np.ones(X.shape[0], bool)
+                    mask[labelled] = False
+                    pool_idx = np.nonzero(mask)[0]
+                    t0 = time.perf_counter()
+                    pick = strat.select(model, X[pool_idx], batch_size, X_labeled=Xl)
+                    t_sel += time.perf_counter() - t0
+                    labelled = np.concatenate([labelled, pool_idx[pick.cpu().numpy()]])
+                    check_indices(labelled, X.shape[0])
+                accs.append(curve)
+                secs.append(t_sel)
+            out["strategies"][name] = {"acc": accs, "select_seconds": secs}
+        bar.close()
     return out
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def _dtype(model):
