@@ -62,6 +62,26 @@ class PatchModel(nn.Module):
         return self.head(h.mean(1))
 
 
+class ClsModel(nn.Module):
+    """ViT's class token: ``torch.cat([cls.expand(B, -1, -1), x], 1)``, then positions added, read at the token."""
+
+    def __init__(self, where="front"):
+        super().__init__()
+        torch.manual_seed(2)
+        self.where = where
+        self.proj = nn.Linear(5, 4)
+        self.cls = nn.Parameter(0.5 * torch.randn(1, 1, 4))
+        self.pos = nn.Parameter(0.2 * torch.randn(1, 8, 4))
+        self.mix, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        c = self.cls.expand(h.shape[0], -1, -1)
+        h = torch.cat([c, h] if self.where == "front" else [h, c], dim=1) + self.pos
+        h = torch.tanh(self.mix(h))
+        return self.head(h[:, 0] + h.mean(1))
+
+
 def tokens(n=7, T=5):
     g = torch.Generator().manual_seed(3)
     return torch.randint(0, 11, (n, T), generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -127,3 +147,34 @@ def test_the_watch_leaves_nothing_behind():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     out = m(X)  # the model runs as before, outside fisherkit
     assert out.shape == (7, 3)
+
+
+@pytest.mark.parametrize("where", ["front", "back"])
+def test_class_token_joined_by_cat_equals_brute_force(where, monkeypatch):
+    m = ClsModel(where).double().eval()
+    g = torch.Generator().manual_seed(5)
+    X, y = torch.randn(6, 7, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    plan = plan_of(m, X)
+    assert plan.func_names == []
+    assert [u.handler.where[0] for u in plan.elem_units if "cls" in u.names.values()] == ["cat"]
+    no_func(monkeypatch)
+    F = fk.fisher(m, (X, y), kind="exact", structure="dense", batch_size=4).to_dense()
+    ref = brute_fisher(m, X, y, "categorical", "exact")
+    assert float((F - ref).norm() / ref.norm()) < 1e-10
+
+
+def test_hf_vit_takes_no_torch_func_pass(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    m = transformers.ViTForImageClassification(cfg).double().eval()
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
+    assert plan_of(m, X).func_names == []  # cls_token (cat) and position_embeddings (add) in closed form
+    no_func(monkeypatch)
+    D = fk.fisher(m, (X, y), kind="exact", structure="diag", output="logits", batch_size=3).diag()
+    monkeypatch.undo()
+    monkeypatch.setenv("FISHERKIT_FORCE_FUNC", "1")
+    ref = fk.fisher(m, (X, y), kind="exact", structure="diag", output="logits", batch_size=3).diag()
+    assert float((D - ref).norm() / ref.norm()) < 1e-10

@@ -1,5 +1,6 @@
 """Bare parameters added to an activation — learned positions ``self.pos = nn.Parameter(...)`` used as
-``h = emb(x) + self.pos[:T]``, ViT's ``x + self.pos_embed`` — with per-sample gradients in closed form.
+``h = emb(x) + self.pos[:T]``, ViT's ``x + self.pos_embed`` — or joined to it as ViT's class token, with
+per-sample gradients in closed form.
 
 No module of their own runs a forward hook, so without this they take the torch.func per-sample pass
 over the whole model (on the benchmark transformer M4, most of its cost). During the engine's forward a
@@ -11,6 +12,9 @@ whatever else t was broadcast across, and the per-sample gradient along a backwa
     ∂ℓ_{n,d}/∂θ = V_tᵀ ( Σ_{dims t was broadcast over} ∂ℓ_d/∂z[n] )
 
 where V_tᵀ is the adjoint of the view (zeros outside a slice): a strided copy into a zero tensor.
+The other use handled: ViT's class token, ``torch.cat([cls.expand(B, -1, -1), x], dim=1)`` — θ expanded
+along the samples (stride 0) and joined along another dimension; its per-sample gradient is sample n's
+slice of ∂ℓ/∂z at the token's place, put back through the view the same way.
 Views of views are followed; any other use of θ or of a view of it in the forward (a product, a
 second addition, an in-place op) is reported as a misfire, and ``units.settle`` sends θ back to
 torch.func — so is an addition whose result is not per sample (checked there by a gradient probe).
@@ -37,6 +41,7 @@ class BareAddHandler(Handler):
 
     def __init__(self, param: nn.Parameter):
         self.param = param
+        self.where: tuple = ("add",)  # or ("cat", dim, offset): set by the tap at each forward (the same each time)
 
     def accepts(self, module):  # never chosen by module type: ``units.make_plan`` makes one per bare parameter
         return False
@@ -44,12 +49,17 @@ class BareAddHandler(Handler):
     def forward(self, module, x):  # nothing to re-run: the addition is the model's own
         raise NotImplementedError
 
-    @staticmethod
-    def fits(t: torch.Tensor, z: torch.Tensor, param: nn.Parameter) -> bool:
-        """Whether t (θ or its view) broadcast into z (samples first) can be handled: right-aligned shapes,
-        not broadcast along the samples' own dimension, θ contiguous, the view without overlaps."""
-        if z.dim() < 1 or t.dim() > z.dim() or not param.is_contiguous():
+    def fits(self, t: torch.Tensor, z: torch.Tensor, rows: int) -> bool:
+        """Whether t (θ or its view) in z (samples first, ``rows`` of them) can be handled. An addition:
+        right-aligned shapes, not broadcast along the samples' own dimension, the view without overlaps. A
+        concatenation: t expanded along the samples (stride 0), joined along another dimension, each
+        sample's slice a view of θ without overlaps. θ contiguous in both."""
+        if z.dim() < 1 or t.dim() > z.dim() or not self.param.is_contiguous() or z.shape[0] != rows:
             return False
+        if self.where[0] == "cat":
+            inner = list(zip(t.stride()[1:], t.shape[1:]))
+            return (t.dim() == z.dim() and t.shape[0] == rows and (t.stride(0) == 0 or rows == 1)
+                    and all(st != 0 or n == 1 for st, n in inner))
         lead = z.dim() - t.dim()
         if lead == 0 and t.shape[0] != 1:
             return False
@@ -60,6 +70,11 @@ class BareAddHandler(Handler):
     def persample(self, module, t, gz, names):
         p = self.param
         d, b = gz.shape[:2]
+        if self.where[0] == "cat":  # each sample's own slice of the joined output; t[n] is the same view of θ
+            _, dim, off = self.where
+            g = gz.narrow(dim + 1, off, t.shape[dim])  # [D, B, *t.shape[1:]]
+            return {names["param"]: self._scatter(g, tuple(t.shape[1:]), tuple(t.stride()[1:]),
+                                                  t.storage_offset() - p.storage_offset(), d, b)}
         lead = gz.dim() - 2 - t.dim()  # z's dimensions (after the samples') that t does not have
         if lead >= 0:
             g = gz.sum(tuple(range(2, 2 + lead))) if lead else gz  # [D, B, *t.shape with broadcast sizes]
@@ -68,11 +83,16 @@ class BareAddHandler(Handler):
         keep = [2 + k for k, n in enumerate(t.shape) if n == 1 and g.shape[2 + k] != 1]
         if keep:
             g = g.sum(keep, keepdim=True)
+        return {names["param"]: self._scatter(g, tuple(t.shape), tuple(t.stride()),
+                                              t.storage_offset() - p.storage_offset(), d, b)}
+
+    def _scatter(self, g, shape, stride, offset, d, b):
+        """[D, B, *θ.shape]: each g[d, n] (of the view's ``shape``) written where the view sits in θ, zeros elsewhere."""
+        p = self.param
         out = g.new_zeros(d * b, p.numel())
-        off = t.storage_offset() - p.storage_offset()
-        view = out.as_strided((d * b,) + tuple(t.shape), (p.numel(),) + tuple(t.stride()), off)
-        view.copy_(g.reshape((d * b,) + tuple(t.shape)))
-        return {names["param"]: out.view(d, b, *p.shape)}
+        view = out.as_strided((d * b,) + shape, (p.numel(),) + stride, offset)
+        view.copy_(g.reshape((d * b,) + shape))
+        return out.view(d, b, *p.shape)
 
 
 def is_bare(unit) -> bool:
@@ -83,9 +103,9 @@ class _Tap(TorchFunctionMode):
     """Calls ``on_io(i, t, z)`` for the addition of watched parameter i, and ``on_io(i, t, None)`` for any
     other use of it (a misfire)."""
 
-    def __init__(self, watched: dict[int, tuple[int, nn.Parameter]], on_io):
+    def __init__(self, watched: dict[int, tuple[int, nn.Parameter]], handlers: dict, on_io):
         super().__init__()
-        self.watched, self.on_io = watched, on_io
+        self.watched, self.handlers, self.on_io = watched, handlers, on_io
         self.views: dict[int, tuple[weakref.ref, int]] = {}  # id(view) -> (ref, unit index)
 
     def _which(self, x):
@@ -114,6 +134,17 @@ class _Tap(TorchFunctionMode):
             t, i = hits[0]
             a = args[1] if args[0] is t else args[0]
             if isinstance(a, torch.Tensor) and a.shape == out.shape:
+                self.handlers[i].where = ("add",)
+                self.on_io(i, t, out)
+                return out
+        if func is torch.cat and len(hits) == 1 and isinstance(out, torch.Tensor) and out.dim():
+            t, i = hits[0]
+            seq = args[0] if args else kwargs.get("tensors")
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            at = [k for k, x in enumerate(seq) if x is t] if isinstance(seq, (list, tuple)) else []
+            if len(at) == 1 and isinstance(dim, int) and dim % out.dim() != 0 and t.dim() == out.dim():
+                dim %= out.dim()
+                self.handlers[i].where = ("cat", dim, sum(x.shape[dim] for x in seq[: at[0]]))
                 self.on_io(i, t, out)
                 return out
         for x, i in hits:
@@ -138,4 +169,4 @@ class _Handle:
 def install(indexed_units: list, on_io) -> _Handle:
     """Watch the bare parameters of ``[(i, unit), ...]`` until the returned handle's ``remove()``."""
     watched = {id(u.handler.param): (i, u.handler.param) for i, u in indexed_units}
-    return _Handle(_Tap(watched, on_io))
+    return _Handle(_Tap(watched, {i: u.handler for i, u in indexed_units}, on_io))

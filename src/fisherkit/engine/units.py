@@ -410,7 +410,7 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
 
     from .adapters import batch_len
 
-    from .bare import BareAddHandler, is_bare
+    from .bare import is_bare
 
     from .adapters import map_inputs
 
@@ -428,8 +428,7 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     maybe = [u for i, u in enumerate(units) if rows >= 2 and isinstance(u, ElemUnit) and u not in bad
              and not is_bare(u) and cap.inputs[i][0].shape[0] != rows]
     for i, u in enumerate(units):  # a bare parameter: its addition's output has the samples first
-        if u in bares and u not in bad and (cap.outputs[i][0].shape[0] != rows or not BareAddHandler.fits(
-                cap.inputs[i][0], cap.outputs[i][0], u.handler.param)):
+        if u in bares and u not in bad and not u.handler.fits(cap.inputs[i][0], cap.outputs[i][0], rows):
             bad.append(u)
     bad += [u for i, u in enumerate(units) if u not in bad and u not in maybe and not is_bare(u)
             and cap.inputs[i][0].shape[0] != rows]
@@ -442,8 +441,10 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
                 continue
             if len(cap2.inputs.get(i, [])) != 1 or cap2.outputs[i][0] is None:
                 bad.append(u)
-            elif is_bare(u):  # the parameter's view must not change with the rows, its sum must
-                if cap2.inputs[i][0].shape != cap.inputs[i][0].shape or cap2.outputs[i][0].shape[0] != rows - 1:
+            elif is_bare(u):  # the parameter's view must not change with the rows (but for its expansion), z must
+                if not u.handler.fits(cap2.inputs[i][0], cap2.outputs[i][0], rows - 1) or \
+                        cap2.inputs[i][0].shape[1:] != cap.inputs[i][0].shape[1:] or \
+                        (u.handler.where[0] == "add" and cap2.inputs[i][0].shape != cap.inputs[i][0].shape):
                     bad.append(u)
             elif isinstance(u, ElemUnit) and (cap2.inputs[i][0].shape, cap2.outputs[i][0].shape) == \
                     (cap.inputs[i][0].shape, cap.outputs[i][0].shape):  # (may be [T] with T = rows)
