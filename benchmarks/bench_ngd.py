@@ -434,7 +434,7 @@ def plot(res, figdir, prefix="ngd"):
                 continue
             xs = [[p[0] for p in c]] + [[statistics.median(cc[i][col] for cc in r["curves"] if len(cc) >= n)
                                          for i in range(n)] for col in ((3, 1) if cpu else (1,))]
-            color = COLORS.get(m)
+            color = COLORS.get(m, COLORS.get(m.split(":")[0]))  # a variant: its base method's colour, dashed
             for ax, x in zip(axes, xs):
                 ax.plot(x, med, label=m, color=color, ls="-" if ":" not in m else "--")
         labels = ("training steps",) + (("training CPU seconds (1 thread)",) if cpu else ()) + \
