@@ -102,3 +102,32 @@ def test_one_sample_batches_keep_the_shared_rows(ids, monkeypatch):
     D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=1).diag()
     ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
     assert float((D - ref).norm() / ref.norm()) < 1e-10
+
+
+class RelativeBias(nn.Module):
+    """T5-style: an Embedding looked up on [T, T] relative buckets, its [T, T, h] output permuted as a 3-D
+    tensor — an expanded (4-D) output would break the model, so the unit must go to torch.func, not crash."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok, self.rel = nn.Embedding(13, 6), nn.Embedding(9, 2)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        buckets = (torch.arange(T)[None, :] - torch.arange(T)[:, None]).clamp(-4, 4) + 4  # [T, T]
+        bias = self.rel(buckets).permute(2, 0, 1)  # [h, T, T]
+        e = self.tok(ids)  # [B, T, 6]
+        att = torch.softmax(e @ e.transpose(1, 2) + bias.sum(0), -1)  # [B, T, T]
+        return self.head((att @ e).mean(1))
+
+
+def test_a_shared_table_the_model_cannot_take_expanded_goes_to_torch_func():
+    m = RelativeBias().double().eval()
+    X, y = data()
+    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
+    assert "rel.weight" in plan.func_names
+    D = fk.fisher(m, (X, y), structure="diag").diag()
+    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
+    assert float((D - ref).norm() / ref.norm()) < 1e-10

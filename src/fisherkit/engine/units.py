@@ -461,7 +461,16 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
     bares = [u for u in bares if u not in bad]
     if shared or bares:  # with gradients: is each sample's output a function of its own row of z only?
         wide = widen(units)
-        cap3, out3 = _probe(model, wide, x, rows, grad=True)
+        try:
+            cap3, out3 = _probe(model, wide, x, rows, grad=True)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - the model cannot take an expanded output (T5's relative bias
+            # [T, T, h], permuted as a 3-D tensor): those units go to torch.func; the bare taps change nothing
+            bad += [u for u in units if id(u) in shared]
+            shared, wide = {}, units
+            cap3, out3 = _probe(model, wide, x, rows, grad=True) if bares else (None, None)
+    if shared or bares:
         idx = [i for i, u in enumerate(wide) if getattr(u, "broadcast", False) or is_bare(u)]
         each = dict(zip(idx, _per_sample_each(out3, [cap3.outputs[i][0] if len(cap3.outputs.get(i, [])) == 1
                                                      else None for i in idx], rows)))
