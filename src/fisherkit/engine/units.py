@@ -254,9 +254,7 @@ def observe(units: list, on_io, native_without_grad: bool = False, check: list |
     their handles. Units exposed by an attention module (``HookUnit.via``) get ``engine.attention``'s
     recomputation (``native_without_grad`` / ``check`` / ``check_once``: see ``attention.install``);
     broadcast units are expanded to ``rows`` samples (``_expanding``)."""
-    from . import attention
-
-    from . import bare
+    from . import attention, bare
 
     handles, vias = [], {}
     taps = [(i, u) for i, u in enumerate(units) if bare.is_bare(u)]
@@ -344,16 +342,9 @@ def _probe(model: nn.Module, units: list, x, rows: int, grad: bool = False):
     return cap, out
 
 
-def _per_sample(out, zs, rows: int) -> bool:
-    """Whether the last sample's output depends on row ``rows − 1`` of each expanded output z only (what a
-    per-sample gradient from z needs): a model that uses the shared row as one tensor fails this."""
-    from .adapters import input_tensors
-
-    return all(_per_sample_each(out, zs, rows))
-
-
 def _per_sample_each(out, zs, rows: int) -> list[bool]:
-    """``_per_sample`` for each z of ``zs`` (one backward)."""
+    """Per z of ``zs`` (one backward): whether the last sample's output depends on row ``rows − 1`` of z only
+    (what a per-sample gradient from z needs); a model that uses a shared row as one tensor fails this."""
     from .adapters import input_tensors
 
     ts = [t for t in input_tensors(out) if t.is_floating_point() and t.requires_grad and t.dim() and t.shape[0] == rows]
@@ -408,11 +399,8 @@ def settle(model: nn.Module, plan: Plan, x) -> Plan:
         return plan
     from dataclasses import replace
 
-    from .adapters import batch_len
-
+    from .adapters import batch_len, map_inputs
     from .bare import is_bare
-
-    from .adapters import map_inputs
 
     units = plan.units
     if batch_len(x) == 1:  # one sample (e.g. one long sequence): probe on it twice, so r and r − 1 rows exist
@@ -563,7 +551,6 @@ def unit_activations(unit: HookUnit, x: torch.Tensor) -> torch.Tensor:
 
 def unit_output_grads(unit: HookUnit, gz: torch.Tensor) -> torch.Tensor:
     """Output gradients [D, B, *out_shape] → [D, B, T, O] with T the positions sharing the weight."""
-    m = unit.module
     d, b = gz.shape[:2]
     if unit.linear:
         return gz.reshape(d, b, -1, gz.shape[-1])
