@@ -100,8 +100,8 @@ def is_bare(unit) -> bool:
 
 
 class _Tap(TorchFunctionMode):
-    """Calls ``on_io(i, t, z)`` for the addition of watched parameter i, and ``on_io(i, t, None)`` for any
-    other use of it (a misfire)."""
+    """Calls ``on_io(i, t, z)`` for the addition (or concatenation) z of watched parameter i's view t, and
+    ``on_io(i, t, None)`` for any other use of it (a misfire); views of θ are followed, not counted as uses."""
 
     def __init__(self, watched: dict[int, tuple[int, nn.Parameter]], handlers: dict, on_io):
         super().__init__()
