@@ -45,3 +45,36 @@ def test_many_batches_accumulate_in_float32(dtype, structure):
     m, x, F = setup(dtype)
     X = x.expand(300, 4).contiguous()
     assert rel_diag(fk.fisher(m, (X, None), structure=structure, batch_size=1), F) < TOL[dtype]
+
+
+class _Seq(nn.Module):
+    """Token embedding + a position table looked up on arange(T) + a bare learned offset, LayerNorm, Linear:
+    every closed-form path of a sequence model (no Kronecker-free parameter takes torch.func)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.tok, self.pos = nn.Embedding(11, 8), nn.Embedding(64, 8)
+        self.offset = nn.Parameter(0.1 * torch.randn(64, 8))
+        self.norm, self.mix, self.head = nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        h = self.tok(ids) + self.pos(torch.arange(T, device=ids.device)) + self.offset[:T]
+        return self.head(torch.tanh(self.mix(self.norm(h))).mean(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sequence_closed_forms_in_low_precision_match_float64(dtype):
+    from fisherkit.engine.units import make_plan, settle
+
+    m = _Seq().to(dtype).eval()
+    m64 = _Seq().double().eval()
+    m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randint(0, 11, (6, 64), generator=g), torch.randint(0, 3, (6,), generator=g)
+    assert settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X).func_names == []
+    D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=3).diag()
+    assert D.dtype == torch.float32  # statistics of 16-bit models are float32
+    ref = brute_fisher(m64, X, y, "categorical", "exact").diagonal()
+    assert float((D.double() - ref).norm() / ref.norm()) < TOL[dtype]

@@ -69,6 +69,8 @@ class BareAddHandler(Handler):
 
     def persample(self, module, t, gz, names):
         p = self.param
+        if gz.dtype in (torch.float16, torch.bfloat16):  # the sums over broadcast positions in float32
+            gz = gz.float()
         d, b = gz.shape[:2]
         if self.where[0] == "cat":  # each sample's own slice of the joined output; t[n] is the same view of θ
             _, dim, off = self.where

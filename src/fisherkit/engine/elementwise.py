@@ -56,7 +56,10 @@ class LayerNormHandler(Handler):
         return isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1
 
     def _xhat(self, module, x):
+        """x̂ in the module's dtype, or in float32 for a 16-bit input (as PyTorch's own kernel computes it)."""
         x = x.to(module.weight.dtype if module.weight is not None else x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         mu = x.mean(-1, keepdim=True)
         var = x.var(-1, unbiased=False, keepdim=True)
         return (x - mu) / torch.sqrt(var + module.eps)
