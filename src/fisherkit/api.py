@@ -19,8 +19,8 @@ from .curvature.memory import check_fits, estimate
 from . import distributed as _dist
 from .distributed import all_reduce_sums
 from .engine.adapters import DEFAULT, batch_len, input_tensors, make_adapter, sample_count
-from .engine.collect import accumulation_dtype, batch_source, buffers_kept, check_batchnorm, gather, settled_plan
-from .engine.data import iterate_batches, model_device_dtype
+from .engine.collect import batch_source, buffers_kept, check_batchnorm, gather, settled_plan
+from .engine.data import accumulation_dtype, iterate_batches, model_device_dtype
 from .choices import as_generator, check_choice, check_every, check_kind, check_positive, check_structure
 from .engine.directions import directions
 from .engine.functional import jvp_vjp, output_with_params

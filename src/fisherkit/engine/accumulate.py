@@ -31,10 +31,10 @@ def persample_sq_sum(a: torch.Tensor, g: torch.Tensor, chunk_bytes: float = 2**2
     d, b, t, o = g.shape
     i = a.shape[-1]
     a = a.to(g.dtype)
-    step = max(1, int(chunk_bytes // max(1, o * i * g.element_size())))
-    out = None
     if t * (d + i) < d * i:  # many directions per sample (exact on sequences): through the T × T Gram
         return _sq_sum_by_positions(a, g, chunk_bytes)
+    step = max(1, int(chunk_bytes // max(1, o * i * g.element_size())))
+    out = None
     for k in range(d):
         gk = g[k].transpose(1, 2)  # [B, O, T]
         for s in range(0, b, step):

@@ -29,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from .data import wide
 from .elementwise import Handler
 
 ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
@@ -69,8 +70,7 @@ class BareAddHandler(Handler):
 
     def persample(self, module, t, gz, names):
         p = self.param
-        if gz.dtype in (torch.float16, torch.bfloat16):  # the sums over broadcast positions in float32
-            gz = gz.float()
+        gz = wide(gz)  # the sums over broadcast positions in float32
         d, b = gz.shape[:2]
         if self.where[0] == "cat":  # each sample's own slice of the joined output; t[n] is the same view of θ
             _, dim, off = self.where
@@ -105,9 +105,10 @@ class _Tap(TorchFunctionMode):
     """Calls ``on_io(i, t, z)`` for the addition (or concatenation) z of watched parameter i's view t, and
     ``on_io(i, t, None)`` for any other use of it (a misfire); views of θ are followed, not counted as uses."""
 
-    def __init__(self, watched: dict[int, tuple[int, nn.Parameter]], handlers: dict, on_io):
+    def __init__(self, handlers: dict[int, BareAddHandler], on_io):
         super().__init__()
-        self.watched, self.handlers, self.on_io = watched, handlers, on_io
+        self.handlers, self.on_io = handlers, on_io  # unit index -> handler (its parameter, where it was used)
+        self.watched = {id(h.param): (i, h.param) for i, h in handlers.items()}
         self.views: dict[int, tuple[weakref.ref, int]] = {}  # id(view) -> (ref, unit index)
 
     def _which(self, x):
@@ -129,7 +130,7 @@ class _Tap(TorchFunctionMode):
         if not hits or not any(isinstance(o, torch.Tensor) and o.is_floating_point() for o in tree_leaves(out)):
             return out  # not a use that carries θ's values on (``.shape``, ``.requires_grad``, a comparison)
         if len(hits) == 1 and isinstance(out, torch.Tensor) and out._is_view() and \
-                out._base is self.watched_param(hits[0][1]):
+                out._base is self.handlers[hits[0][1]].param:
             self.views[id(out)] = (weakref.ref(out), hits[0][1])  # a view of θ: follow it
             return out
         if func in ADDS and not kwargs and len(args) == 2 and len(hits) == 1 and isinstance(out, torch.Tensor):
@@ -153,9 +154,6 @@ class _Tap(TorchFunctionMode):
             self.on_io(i, x, None)
         return out
 
-    def watched_param(self, i):
-        return next(p for j, p in self.watched.values() if j == i)
-
 
 class _Handle:
     def __init__(self, mode: _Tap):
@@ -170,5 +168,4 @@ class _Handle:
 
 def install(indexed_units: list, on_io) -> _Handle:
     """Watch the bare parameters of ``[(i, unit), ...]`` until the returned handle's ``remove()``."""
-    watched = {id(u.handler.param): (i, u.handler.param) for i, u in indexed_units}
-    return _Handle(_Tap(watched, {i: u.handler for i, u in indexed_units}, on_io))
+    return _Handle(_Tap({i: u.handler for i, u in indexed_units}, on_io))

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import FisherkitError, NonFiniteError, model_call_error
 from ..likelihoods import Likelihood
 from .adapters import DEFAULT, Adapter, sample_count
-from .data import iterate_batches, model_device_dtype
+from .data import iterate_batches, model_device_dtype, wide
 from .directions import directions
 from .functional import persample_grads
 from .units import HookUnit, Plan, capture_forward, settle, unit_activations, unit_output_grads
@@ -52,7 +52,7 @@ class LayerTriples(Sequence):
         if isinstance(k, slice):
             return [self[j] for j in range(*k.indices(len(self)))]
         u, x, g = self._raw[k]
-        return u, _wide(unit_activations(u, x)), g
+        return u, wide(unit_activations(u, x)), g
 
 
 @dataclass
@@ -114,18 +114,6 @@ def _all_finite(t: torch.Tensor) -> bool:
     """All entries finite. A finite sum settles it with one reduction (no boolean tensor); only when the
     sum is inf/nan (a non-finite entry, or an overflow of huge finite ones) is every entry checked."""
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics of 16-bit models are summed in float32 (DESIGN: bf16/fp16 accumulate in float32)."""
-    return torch.float32 if dtype in LOW_PRECISION else dtype
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 def output_grads(out, zs, v, retain=False):
@@ -239,7 +227,7 @@ def gather(
                 for u, xin, zshape, gz in zip(units, inputs[:nh], z_shapes[:nh], gzs[:nh]):
                     if gz is None:
                         gz = xin.new_zeros((vc.shape[0],) + zshape[0], dtype=zshape[1])
-                    g = _wide(unit_output_grads(u, gz))
+                    g = wide(unit_output_grads(u, gz))
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {u.weight!r} in batch {i}")
                     stats.hook.add(u, xin, g)
@@ -250,14 +238,14 @@ def gather(
                         if not _all_finite(g):
                             raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
                         # a tied weight's uses (embedding and LM head) are summed before any squaring
-                        stats.func[n] = stats.func[n] + _wide(g) if n in stats.func else _wide(g)
+                        stats.func[n] = stats.func[n] + wide(g) if n in stats.func else wide(g)
             if plan.func_names and need_func:
                 with _BatchNormEval(model):
                     grads = persample_grads(model, plan.func_names, x, vc, max_memory, adapter)
                 for n, g in grads.items():
                     if not _all_finite(g):
                         raise NonFiniteError(f"non-finite gradient for parameter {n!r} in batch {i}")
-                stats.func.update({n: _wide(g) for n, g in grads.items()})
+                stats.func.update({n: wide(g) for n, g in grads.items()})
             yield stats
             stats = gzs = grads = g = gz = None  # the next chunk's backward must not sit beside this one's
         # free this batch's tensors before the next forward: the loop's names would keep them alive through

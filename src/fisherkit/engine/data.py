@@ -101,6 +101,19 @@ def iterate_batches(
         raise FisherkitError("data is empty: no batch with at least one sample was found")
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics of 16-bit models are summed in float32 (DESIGN: bf16/fp16 accumulate in float32)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 if it is 16-bit, else t itself."""
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of a model's first floating parameter (CPU/float32 if none)."""
     for p in model.parameters():

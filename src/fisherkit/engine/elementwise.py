@@ -26,6 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .accumulate import hook_persample
+from .data import wide
+
 
 def _positions_sum(t: torch.Tensor) -> torch.Tensor:
     """[D, B, *, d] → [D, B, d]: the sum over the positions a sample shares the parameter across."""
@@ -57,9 +60,7 @@ class LayerNormHandler(Handler):
 
     def _xhat(self, module, x):
         """x̂ in the module's dtype, or in float32 for a 16-bit input (as PyTorch's own kernel computes it)."""
-        x = x.to(module.weight.dtype if module.weight is not None else x.dtype)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
+        x = wide(x.to(module.weight.dtype if module.weight is not None else x.dtype))
         mu = x.mean(-1, keepdim=True)
         var = x.var(-1, unbiased=False, keepdim=True)
         return (x - mu) / torch.sqrt(var + module.eps)
@@ -96,7 +97,7 @@ class RMSNormHandler(Handler):
         return torch.finfo(x.dtype).eps if eps is None else float(eps)
 
     def _xhat(self, module, x):
-        h = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        h = wide(x)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self._eps(module, h))
         return h.to(x.dtype)
 
@@ -151,7 +152,7 @@ class TiedLinearHandler(Handler):
         g = gz.reshape(d, b, -1, gz.shape[-1])
         out = {}
         if "weight" in names:
-            out[names["weight"]] = torch.einsum("dbto,bti->dboi", g, a)
+            out[names["weight"]] = hook_persample(a, g)
         if "bias" in names:
             out[names["bias"]] = g.sum(2)
         return out
