@@ -268,6 +268,7 @@ def ablation_seed(model_name: str, seed: int, progress=print) -> dict:
 
     from fisherkit.laplace import Laplace, metrics
     from fisherkit.studies import laplace as st
+    from fisherkit.studies.training import train_classifier
 
     torch.set_num_threads(1)
     Xtr, ytr, tests, noise = st._splits(seed, (0, 15, 30, 45, 60))
@@ -276,23 +277,17 @@ def ablation_seed(model_name: str, seed: int, progress=print) -> dict:
     Xv, yv, Xt, yt = Xtr[perm[:nv]], ytr[perm[:nv]], Xtr[perm[nv:]], ytr[perm[nv:]]
 
     def train_tracked(wd, epochs=60):  # the study's Adam loop, keeping the epoch of least validation NLL too
-        m = st.make_model(model_name, 100 * seed)
-        opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=wd)
-        g = torch.Generator().manual_seed(100 * seed)
-        best = (math.inf, None, 0)
-        for ep in range(epochs):
-            m.train()
-            p = torch.randperm(len(Xt), generator=g)
-            for s in range(0, len(Xt), 64):
-                idx = p[s : s + 64]
-                opt.zero_grad()
-                nn.functional.cross_entropy(m(Xt[idx]), yt[idx]).backward()
-                opt.step()
+        m = st.make_model(model_name, 100 * seed).train()
+        best = [math.inf, None, 0]
+
+        def validate(m, opt, ep):
             m.eval()
             with torch.no_grad():
                 v = float(nn.functional.cross_entropy(m(Xv), yv))
             if v < best[0]:
-                best = (v, {k: t.clone() for k, t in m.state_dict().items()}, ep + 1)
+                best[:] = [v, {k: t.clone() for k, t in m.state_dict().items()}, ep + 1]
+
+        train_classifier(m, Xt, yt, epochs, lr=1e-3, batch=64, seed=100 * seed, weight_decay=wd, on_epoch=validate)
         es = st.make_model(model_name, 100 * seed)
         es.load_state_dict(best[1])
         return m.eval(), es.eval(), best[2]
@@ -367,18 +362,9 @@ def ablation_seed(model_name: str, seed: int, progress=print) -> dict:
     ev("kfac on wd5e-3 map, ml centred", lambda X: la2.predictive(X, "probit_centred"))
     # the weight decay chosen by the evidence during training (online marglik, Immer et al. 2021): Adam's
     # coupled L2 term wd·θ on the mean loss is the prior precision N·wd; re-estimated every 10 epochs
-    mo = st.make_model(model_name, 100 * seed)
-    opt = torch.optim.Adam(mo.parameters(), lr=1e-3, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(100 * seed)
     wd_hist = []
-    for ep in range(60):
-        mo.train()
-        p = torch.randperm(len(Xt), generator=g)
-        for s in range(0, len(Xt), 64):
-            idx = p[s : s + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(mo(Xt[idx]), yt[idx]).backward()
-            opt.step()
+
+    def reestimate(mo, opt, ep):
         if (ep + 1) % 10 == 0 and ep + 1 < 60:
             mo.eval()
             lo = Laplace(mo, "categorical", subset="all", structure="kfac", batch_size=256).fit((Xt, yt))
@@ -386,6 +372,9 @@ def ablation_seed(model_name: str, seed: int, progress=print) -> dict:
             wd_hist.append(float(lo.prior_precision) / len(Xt))
             for group in opt.param_groups:
                 group["weight_decay"] = wd_hist[-1]
+
+    mo = train_classifier(st.make_model(model_name, 100 * seed).train(), Xt, yt, 60, lr=1e-3, batch=64, seed=100 * seed,
+                          weight_decay=5e-4, on_epoch=reestimate)
     mo.eval()
     with torch.no_grad():
         val_o = float(nn.functional.cross_entropy(mo(Xv), yv))
