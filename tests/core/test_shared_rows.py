@@ -39,6 +39,28 @@ class PosModel(nn.Module):
         return self.head(h.mean(1))
 
 
+def plan_of(m, X):
+    return settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
+
+
+def shared_modes(plan, module):
+    return [u.broadcast for u in plan.elem_units if u.module is module]
+
+
+def refuse_torch_func(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("torch.func per-sample pass used")
+
+    monkeypatch.setattr(collect, "persample_grads", refuse)
+
+
+def assert_exact_diag(m, X, y, **kw):
+    """fk.fisher's exact diagonal = the float64 brute force's."""
+    D = fk.fisher(m, (X, y), kind="exact", structure="diag", **kw).diag()
+    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
+    assert float((D - ref).norm() / ref.norm()) < 1e-10
+
+
 def data():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 13, (7, 5), generator=g), torch.randint(0, 3, (7,), generator=g)
@@ -49,13 +71,9 @@ def data():
 def test_position_embedding_is_per_sample_without_torch_func(kind, ids, monkeypatch):
     m = PosModel(ids=ids).double().eval()
     X, y = data()
-    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
-    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == [ids]
-
-    def refuse(*a, **k):
-        raise AssertionError("torch.func per-sample pass used")
-
-    monkeypatch.setattr(collect, "persample_grads", refuse)
+    plan = plan_of(m, X)
+    assert plan.func_names == [] and shared_modes(plan, m.pos) == [ids]
+    refuse_torch_func(monkeypatch)
     F = fk.fisher(m, (X, y), kind=kind, structure="dense", batch_size=4, generator=0).to_dense()
     if kind == "mc":  # the same label draws through the torch.func path (FISHERKIT_FORCE_FUNC) as reference
         monkeypatch.undo()
@@ -70,11 +88,8 @@ def test_position_embedding_is_per_sample_without_torch_func(kind, ids, monkeypa
 def test_a_shared_row_the_model_reshapes_goes_to_torch_func(ids):
     m = PosModel(squeeze=True, ids=ids).double().eval()
     X, y = data()
-    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
-    assert "pos.weight" in plan.func_names
-    D = fk.fisher(m, (X, y), structure="diag").diag()
-    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
-    assert float((D - ref).norm() / ref.norm()) < 1e-10
+    assert "pos.weight" in plan_of(m, X).func_names
+    assert_exact_diag(m, X, y)
 
 
 def test_positions_as_many_as_the_probe_rows_are_still_shared(monkeypatch):
@@ -82,12 +97,10 @@ def test_positions_as_many_as_the_probe_rows_are_still_shared(monkeypatch):
     m = PosModel(ids="new").double().eval()
     g = torch.Generator().manual_seed(2)
     X, y = torch.randint(0, 13, (10, 8), generator=g), torch.randint(0, 3, (10,), generator=g)
-    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
-    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == ["new"]
-    monkeypatch.setattr(collect, "persample_grads", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.func")))
-    D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=4).diag()
-    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
-    assert float((D - ref).norm() / ref.norm()) < 1e-10
+    plan = plan_of(m, X)
+    assert plan.func_names == [] and shared_modes(plan, m.pos) == ["new"]
+    refuse_torch_func(monkeypatch)
+    assert_exact_diag(m, X, y, batch_size=4)
 
 
 @pytest.mark.parametrize("ids", ["row", "new"])
@@ -96,12 +109,10 @@ def test_one_sample_batches_keep_the_shared_rows(ids, monkeypatch):
     table is still recognised as shared (not sent to torch.func)."""
     m = PosModel(ids=ids).double().eval()
     X, y = data()
-    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X[:1])
-    assert plan.func_names == [] and [u.broadcast for u in plan.elem_units if u.module is m.pos] == [ids]
-    monkeypatch.setattr(collect, "persample_grads", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.func")))
-    D = fk.fisher(m, (X, y), kind="exact", structure="diag", batch_size=1).diag()
-    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
-    assert float((D - ref).norm() / ref.norm()) < 1e-10
+    plan = plan_of(m, X[:1])
+    assert plan.func_names == [] and shared_modes(plan, m.pos) == [ids]
+    refuse_torch_func(monkeypatch)
+    assert_exact_diag(m, X, y, batch_size=1)
 
 
 class RelativeBias(nn.Module):
@@ -126,8 +137,5 @@ class RelativeBias(nn.Module):
 def test_a_shared_table_the_model_cannot_take_expanded_goes_to_torch_func():
     m = RelativeBias().double().eval()
     X, y = data()
-    plan = settle(m, make_plan(m, dict(m.named_parameters()), elementwise=True), X)
-    assert "rel.weight" in plan.func_names
-    D = fk.fisher(m, (X, y), structure="diag").diag()
-    ref = brute_fisher(m, X, y, "categorical", "exact").diagonal()
-    assert float((D - ref).norm() / ref.norm()) < 1e-10
+    assert "rel.weight" in plan_of(m, X).func_names
+    assert_exact_diag(m, X, y)
